@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates .venv at the repo root and installs a requirements file into it, once per
+# change of that file (a stamp holds its hash). Usage: source scripts/ensure_venv.sh FILE
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REQ="${1:-requirements.txt}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  echo "[setup] creating $ROOT/.venv"
+  "$PY" -m venv "$ROOT/.venv"
+fi
+STAMP="$ROOT/.venv/.stamp-$(basename "$REQ")"
+WANT="$(cat "$ROOT/$REQ" "$ROOT/requirements.txt" | sha256sum | cut -c1-16)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "[setup] installing $REQ into .venv (first run only)"
+  "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
+  "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q -r "$ROOT/$REQ"
+  echo "$WANT" > "$STAMP"
+fi
