@@ -1,0 +1,374 @@
+"""The one owner of the loaded model (and the GPU): a single thread that runs queued jobs.
+
+The UI, the REST API and compound jobs (compare, sweep) all go through one `Worker`, so the pipeline
+never runs twice at the same time and LoRA state never leaks between requests: before each render
+the worker brings the model to exactly the LoRA set written in that request's prompt
+(`LoraManager.set_loras`; an unchanged set costs nothing; a prompt without tags clears them).
+
+    worker = Worker(models.load(None), switch_model=models.switch, library=library, outputs_dir=out)
+    result = worker.txt2img(Txt2ImgRequest(prompt="a cat <lora:dark:0.8>")).result()
+    worker.submit(lambda session: session.model.name, kind="peek").result()
+    worker.progress()            # ProgressState snapshot (step, ETA, preview PNG, ...)
+    worker.interrupt(); worker.skip(); worker.shutdown()
+
+A job is any `Callable[[WorkerSession], T]`; it runs on the worker thread with the model, its
+LoraManager, the library and the progress tracker. An exception inside a job fails that job's
+future only; the worker keeps running and the next job starts from a clean LoRA state.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import random
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+
+from lora_ui.engine.progress import ProgressState, ProgressTracker
+
+if TYPE_CHECKING:  # imported for annotations only: the worker is built before these may be needed
+    from lora_ui.engine.checkpoints import LoadedModel
+    from lora_ui.engine.txt2img import Txt2ImgRequest, Txt2ImgResult
+    from lora_ui.library import LoraLibrary
+    from lora_ui.lora.manager import LoraManager
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_SEED = 4294967294  # A1111: random seeds are drawn from [0, 2**32 - 2]
+
+
+class WorkerStopped(RuntimeError):
+    """The worker was shut down; the job did not run."""
+
+
+class JobFuture(Future, Generic[T]):
+    """A `concurrent.futures.Future` that also names its job (`job_id`, `kind`)."""
+
+    def __init__(self, job_id: str, kind: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.kind = kind
+
+
+@dataclass
+class _QueuedJob:
+    job: Callable[["WorkerSession"], Any]
+    future: JobFuture
+    job_count: int
+
+
+def _default_lora_manager(pipe: Any) -> "LoraManager":
+    from lora_ui.lora.manager import LoraManager
+
+    return LoraManager(pipe)
+
+
+def _default_generate(*args: Any, **kwargs: Any) -> "Txt2ImgResult":
+    from lora_ui.engine.txt2img import generate
+
+    return generate(*args, **kwargs)
+
+
+@dataclass
+class WorkerSession:
+    """What a job gets, on the worker thread: the model, its LoRA manager, the library, progress.
+
+    Use `txt2img(req)` to render: it applies the prompt's LoRA set, splits the batch count into
+    iterations (for progress and skip) and honours interrupt. Only valid while the job runs.
+    """
+
+    model: "LoadedModel"
+    loras: "LoraManager"
+    library: "LoraLibrary | None"
+    progress: ProgressTracker
+    outputs_dir: Path | None
+    job_id: str
+    _worker: "Worker" = field(repr=False)
+    _iterations_started: int = 0
+
+    @property
+    def interrupted(self) -> bool:
+        """True once `Worker.interrupt()` was called for this job."""
+        return self._worker._is_interrupted(self.job_id)
+
+    def set_loras_for_prompt(self, prompt: str) -> tuple[list, list[str]]:
+        """Bring the model to exactly the LoRA set the prompt's `<lora:...>` tags ask for.
+
+        Returns (applied LoraSpecs, warnings for unknown names / malformed tags). No tags -> cleared.
+        """
+        from lora_ui.prompt import extract_lora_tags
+
+        _, tags, warnings = extract_lora_tags(prompt)
+        specs: list = []
+        if tags:
+            if self.library is None:
+                warnings = [*warnings, "no LoRA library is configured; <lora:...> tags were ignored"]
+            else:
+                specs, spec_warnings = self.library.specs_for(tags)
+                warnings = [*warnings, *spec_warnings]
+        if specs:
+            self.loras.set_loras(specs)
+        else:
+            self.loras.clear()
+        return list(specs), list(warnings)
+
+    def txt2img(self, req: "Txt2ImgRequest") -> "Txt2ImgResult":
+        """Render one request on this worker: its own LoRA set, batch_count iterations, progress.
+
+        Iteration n renders seeds seed + n*batch_size ... (A1111's numbering); seed -1 is drawn once.
+        `skip()` ends the current iteration early (its partial image is kept) and goes on;
+        `interrupt()` ends it and runs no further iterations.
+        """
+        _, warnings = self.set_loras_for_prompt(req.prompt)
+        seed = req.seed if req.seed is not None and req.seed >= 0 else random.randint(0, MAX_SEED)
+        results: list = []
+        for n in range(max(1, req.batch_count)):
+            if n > 0 and self.interrupted:
+                break
+            self.progress.begin_iteration(self._iterations_started, req.steps)
+            self._iterations_started += 1
+            self._worker._clear_skip(self.job_id)
+            iteration = replace(req, seed=seed + n * req.batch_size, batch_count=1)
+            results.append(self._worker._generate(
+                self.model, iteration, library=self.library, loras=self.loras,
+                on_step=self._on_step, outputs_dir=self.outputs_dir,
+            ))
+        return _merge_results(results, warnings)
+
+    def _on_step(self, step: int, total: int, latents: Any = None) -> None:
+        """Called by txt2img.generate after each denoising step; raising stops the sampling."""
+        from lora_ui.engine.txt2img import GenerationInterrupted
+
+        self.progress.step(step, total, latents, self.model.arch)
+        if self._worker._is_interrupted(self.job_id):
+            raise GenerationInterrupted("interrupted")
+        if self._worker._is_skipped(self.job_id):
+            raise GenerationInterrupted("skipped")
+
+
+def _merge_results(results: list, warnings: list[str]) -> "Txt2ImgResult":
+    """Concatenate per-iteration results into one (images, infotexts, seeds, saved paths in order)."""
+    first = results[0]
+    merged_warnings = list(dict.fromkeys([*warnings, *(w for r in results for w in r.warnings)]))
+    changes: dict[str, Any] = dict(
+        images=[im for r in results for im in r.images],
+        infotexts=[t for r in results for t in r.infotexts],
+        seeds=[s for r in results for s in r.seeds],
+        saved_paths=[p for r in results for p in r.saved_paths],
+        warnings=merged_warnings,
+    )
+    if hasattr(first, "interrupted"):
+        changes["interrupted"] = any(getattr(r, "interrupted", False) for r in results)
+    return replace(first, **changes)
+
+
+class Worker:
+    """Single thread owning the loaded model and its LoraManager; runs jobs from a FIFO queue.
+
+    model: the LoadedModel, or a zero-argument callable returning the current one (`ModelManager.require`),
+        called on the worker thread at the start of every job: a slow first load does not block
+        start-up, a failed load fails that job only, and a model switched elsewhere is picked up
+        (with a fresh LoraManager) at the next job.
+    switch_model: `ref -> LoadedModel` (ModelManager.switch): loads another checkpoint, frees the old
+        one, and on failure raises and keeps the old one loaded.
+    lora_manager_factory: `pipe -> LoraManager` (default `LoraManager(pipe)`), built per loaded model.
+    generate: the render function (default `lora_ui.engine.txt2img.generate`).
+    """
+
+    def __init__(
+        self,
+        model: "LoadedModel | Callable[[], LoadedModel]",
+        *,
+        switch_model: "Callable[[str], LoadedModel] | None" = None,
+        library: "LoraLibrary | None" = None,
+        outputs_dir: Path | None = None,
+        lora_manager_factory: "Callable[[Any], LoraManager] | None" = None,
+        generate: "Callable[..., Txt2ImgResult] | None" = None,
+        name: str = "lora-ui-worker",
+    ) -> None:
+        self._model_provider = model if callable(model) else None
+        self._model: LoadedModel | None = None if callable(model) else model
+        self._switch_model = switch_model
+        self.library = library
+        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
+        self._make_lora_manager = lora_manager_factory or _default_lora_manager
+        self._generate = generate or _default_generate
+        self._loras: LoraManager | None = None
+
+        self._queue: queue.Queue[_QueuedJob | None] = queue.Queue()
+        self._progress = ProgressTracker()
+        self._lock = threading.Lock()             # guards the fields below
+        self._current_job_id: str | None = None
+        self._interrupt_job_id: str | None = None
+        self._skip_job_id: str | None = None
+        self._stopped = False
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_model_manager(cls, models: Any, **kwargs: Any) -> "Worker":
+        """The app's wiring: the worker renders `models.require()` and switches through `models.switch`."""
+        return cls(models.require, switch_model=models.switch, **kwargs)
+
+    # ---------------------------------------------------------------- public API (any thread)
+    def submit(self, job: "Callable[[WorkerSession], T] | Txt2ImgRequest", *, kind: str = "job",
+               job_count: int = 1) -> JobFuture[T]:
+        """Queue `job(session)`; returns its future. `job_count` announces how many renders it does.
+
+        A Txt2ImgRequest instead of a callable is queued as `txt2img(request)` (the older contract)."""
+        if not callable(job):
+            return self.txt2img(job)
+        job_id = f"{kind}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        future: JobFuture[T] = JobFuture(job_id, kind)
+        with self._lock:
+            if self._stopped:
+                raise WorkerStopped("the worker is shut down; no new jobs are accepted")
+            self._queue.put(_QueuedJob(job, future, max(1, job_count)))
+        self._progress.set_queue_size(self._queue.qsize())
+        return future
+
+    def txt2img(self, req: "Txt2ImgRequest") -> JobFuture["Txt2ImgResult"]:
+        """Queue one txt2img request (its prompt carries its full LoRA set)."""
+        return self.submit(lambda session: session.txt2img(req), kind="txt2img", job_count=max(1, req.batch_count))
+
+    def switch_model(self, ref: str) -> JobFuture["LoadedModel"]:
+        """Queue a checkpoint switch, run between renders; on failure the old model stays loaded."""
+        if self._switch_model is None:
+            raise ValueError("this worker was built without a switch_model function; it cannot change models")
+        return self.submit(lambda session: self._do_switch(ref), kind="switch_model")
+
+    def progress(self, with_preview: bool = True) -> ProgressState:
+        return self._progress.snapshot(with_preview=with_preview)
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """End the current job early (its result holds what was done). Returns whether a job was hit.
+
+        With `job_id`, only that job is interrupted (and only if it is the one running)."""
+        with self._lock:
+            current = self._current_job_id
+            if current is None or (job_id is not None and job_id != current):
+                return False
+            self._interrupt_job_id = current
+        self._progress.mark_interrupted()
+        return True
+
+    def skip(self) -> bool:
+        """End the current image/iteration of a batch-count loop early and go on with the next one."""
+        with self._lock:
+            if self._current_job_id is None:
+                return False
+            self._skip_job_id = self._current_job_id
+        self._progress.mark_skipped()
+        return True
+
+    @property
+    def model(self) -> "LoadedModel | None":
+        """The loaded model (None before a lazy model was first loaded). Read-only for other threads."""
+        return self._model
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._current_job_id is not None or not self._queue.empty()
+
+    def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> None:
+        """Stop accepting jobs, cancel queued ones, interrupt the running one, end the thread."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item.future.cancel()
+        self.interrupt()
+        self._queue.put(None)
+        if wait:
+            self._thread.join(timeout)
+
+    # ---------------------------------------------------------------- worker thread
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if not item.future.set_running_or_notify_cancel():
+                continue
+            self._run_one(item)
+
+    def _run_one(self, item: _QueuedJob) -> None:
+        job_id = item.future.job_id
+        with self._lock:
+            self._current_job_id = job_id
+            self._interrupt_job_id = None
+            self._skip_job_id = None
+        self._progress.begin_job(job_id, item.future.kind, item.job_count, queue_size=self._queue.qsize())
+        try:
+            result = item.job(self._session(job_id))
+        except BaseException as exc:  # noqa: BLE001 - a job's failure belongs to its future only
+            log.warning("job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, (ValueError, KeyError)))
+            self._reset_loras_after_failure()
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(result)
+        finally:
+            with self._lock:
+                self._current_job_id = None
+                self._interrupt_job_id = None
+                self._skip_job_id = None
+            self._progress.end_job(queue_size=self._queue.qsize())
+
+    def _session(self, job_id: str) -> WorkerSession:
+        model = self._ensure_model()
+        if self._loras is None:
+            self._loras = self._make_lora_manager(model.pipe)
+        return WorkerSession(model=model, loras=self._loras, library=self.library, progress=self._progress,
+                             outputs_dir=self.outputs_dir, job_id=job_id, _worker=self)
+
+    def _ensure_model(self) -> "LoadedModel":
+        if self._model_provider is not None:
+            model = self._model_provider()
+            if model is not self._model:
+                self._model = model
+                self._loras = None  # another pipeline: its own, empty LoRA manager
+        assert self._model is not None
+        return self._model
+
+    def _do_switch(self, ref: str) -> "LoadedModel":
+        assert self._switch_model is not None
+        new_model = self._switch_model(ref)  # raises and keeps the old model on failure
+        self._model = new_model
+        self._loras = None  # a new pipeline: a fresh manager, no LoRAs applied
+        return new_model
+
+    def _reset_loras_after_failure(self) -> None:
+        """After a failed job, unload all LoRAs so the next job starts from the plain model."""
+        if self._loras is None:
+            return
+        try:
+            self._loras.clear()
+        except Exception as exc:  # noqa: BLE001 - a broken manager is replaced by a fresh one
+            log.error("could not clear LoRAs after a failed job (%s); rebuilding the LoRA manager", exc)
+            self._loras = None
+
+    def _is_interrupted(self, job_id: str) -> bool:
+        with self._lock:
+            return self._interrupt_job_id == job_id
+
+    def _is_skipped(self, job_id: str) -> bool:
+        with self._lock:
+            return self._skip_job_id == job_id
+
+    def _clear_skip(self, job_id: str) -> None:
+        with self._lock:
+            if self._skip_job_id == job_id:
+                self._skip_job_id = None
