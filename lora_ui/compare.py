@@ -1,0 +1,524 @@
+"""What a LoRA does, shown side by side: with/without renders, a difference heatmap, a weight sweep grid.
+
+Core module (no gradio). Every render goes through the one worker (`worker.submit(req) -> Future`
+of a `Txt2ImgResult`); the LoRA side is produced only by writing `<lora:name:w>` tags into the
+prompt, so the worker's normal path (library -> LoraManager.set_loras) applies them, and the
+*without* side is the same request with every LoRA tag removed. Both sides share one fixed seed.
+
+Image arrays in this module are uint8 `H x W x 3` (RGB); differences are in 0..255 units.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from lora_ui.prompt import PromptSyntaxError, extract_lora_tags, format_weight, set_lora_weight
+
+DEFAULT_WEIGHTS_TEXT = "0, 0.25, 0.5, 0.75, 1"
+# A pixel counts as "changed" when one of its channels moved by more than this (0..255 units):
+# small enough to catch any visible change, large enough to ignore 8-bit rounding noise.
+DEFAULT_CHANGE_THRESHOLD = 2
+MAX_SWEEP_WEIGHTS = 32
+MAX_SWEEP_RENDERS = 64
+# Heatmap colour scale (an inferno-like ramp): value 0 -> black, full scale -> pale yellow.
+HEATMAP_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (0.0, (0, 0, 0)),
+    (0.25, (87, 16, 110)),
+    (0.5, (188, 55, 84)),
+    (0.75, (249, 142, 9)),
+    (1.0, (252, 255, 164)),
+)
+
+ProgressCallback = Callable[[int, int, str], None]  # (renders done, renders total, what is rendering)
+
+
+class CompareError(ValueError):
+    """A comparison or sweep cannot run as asked; the message says what to change. Nothing was rendered
+    (or the partial work was dropped) when it is raised."""
+
+
+# ----------------------------------------------------------------------------------------- requests
+
+
+@dataclass
+class CompareRequest:
+    """`base` is a Txt2ImgRequest (any dataclass with `prompt`, `seed`, `batch_size`, `batch_count`).
+
+    `loras` (name, weight) pairs are written into the prompt as `<lora:name:weight>` for the *with*
+    side (an existing tag of that name is rewritten); when `loras` is empty the prompt's own tags are
+    the LoRA side. The *without* side is the prompt with every LoRA tag removed.
+    """
+
+    base: Any
+    loras: Sequence[tuple[str, float]] = ()
+    change_threshold: int = DEFAULT_CHANGE_THRESHOLD
+
+
+@dataclass
+class DiffStats:
+    mean_abs_diff: float   # mean |a - b| over all pixels and channels, 0..255 units
+    changed_share: float   # share of pixels (0..1) whose largest channel difference > threshold
+    max_abs_diff: int      # largest channel difference, 0..255
+    threshold: int
+
+    def summary(self) -> str:
+        return (f"Mean absolute difference: {self.mean_abs_diff:.2f} / 255 · "
+                f"pixels changed (> {self.threshold}/255): {100 * self.changed_share:.1f}% · "
+                f"largest difference: {self.max_abs_diff} / 255")
+
+
+@dataclass
+class CompareResult:
+    without: Image.Image
+    with_lora: Image.Image
+    heatmap: Image.Image          # difference map with its colour scale drawn on the right
+    stats: DiffStats
+    seed: int
+    without_prompt: str
+    with_prompt: str
+    without_infotext: str
+    with_infotext: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepRequest:
+    """Columns are `weights`, rows are `loras` (names); empty `loras` -> the prompt's own LoRA tags.
+
+    Every cell renders the prompt without its LoRA tags plus `<lora:row name:column weight>`; cells of
+    weight 0 are the baseline (no LoRA), rendered once and reused.
+    """
+
+    base: Any
+    weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    loras: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where things are in a grid image: labels on top (columns) and on the left (rows)."""
+
+    left: int        # width of the row-label margin
+    top: int         # height of the column-label margin
+    cell_width: int
+    cell_height: int
+    rows: int
+    columns: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.left + self.columns * self.cell_width, self.top + self.rows * self.cell_height
+
+    def cell_box(self, row: int, column: int) -> tuple[int, int, int, int]:
+        """(left, upper, right, lower) of one cell, for PIL's crop."""
+        x0 = self.left + column * self.cell_width
+        y0 = self.top + row * self.cell_height
+        return x0, y0, x0 + self.cell_width, y0 + self.cell_height
+
+
+@dataclass
+class SweepResult:
+    grid: Image.Image
+    layout: GridLayout
+    infotext: str                       # embedded in the grid PNG by `save_png`
+    weights: list[float]
+    loras: list[str]
+    cells: list[list[Image.Image]]      # [row = LoRA][column = weight]
+    baseline: Image.Image | None        # the single no-LoRA render (when a weight is 0)
+    seed: int
+    renders: int                        # how many images were actually rendered
+    warnings: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ weight lists
+
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+_RANGE_STEP = re.compile(rf"^({_NUMBER})\s*-\s*({_NUMBER})\s*\(\s*([+-]?\s*(?:\d+\.?\d*|\.\d+))\s*\)$")
+_RANGE_COUNT = re.compile(rf"^({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]$")
+_PLAIN = re.compile(rf"^{_NUMBER}$")
+
+
+def parse_weight_list(text: str) -> list[float]:
+    """"0, 0.25, 0.5" -> [0.0, 0.25, 0.5]. Also A1111's X/Y ranges: "0-1 (+0.25)" (step) and
+    "0-1 [5]" (count, ends included). Raises CompareError naming the item that does not parse."""
+    if text is None or not str(text).strip():
+        raise CompareError(f"The weight list is empty: write weights separated by commas, e.g. {DEFAULT_WEIGHTS_TEXT}.")
+    weights: list[float] = []
+    items = [item.strip() for item in str(text).split(",")]
+    for position, item in enumerate(items, start=1):
+        if not item:
+            raise CompareError(f"Item {position} of the weight list '{text}' is empty (two commas in a row?).")
+        if _PLAIN.match(item):
+            weights.append(float(item))
+        elif m := _RANGE_STEP.match(item):
+            start, end, step = float(m[1]), float(m[2]), float(m[3].replace(" ", ""))
+            if step == 0 or (end - start) * step < 0:
+                raise CompareError(f"The range '{item}' never reaches {m[2]} with step {m[3]}.")
+            count = int(math.floor((end - start) / step + 1e-9)) + 1
+            if count > MAX_SWEEP_WEIGHTS:
+                raise CompareError(f"The range '{item}' has {count} weights; at most {MAX_SWEEP_WEIGHTS}.")
+            weights.extend(round(start + i * step, 6) for i in range(count))
+        elif m := _RANGE_COUNT.match(item):
+            start, end, count = float(m[1]), float(m[2]), int(m[3])
+            if count < 2:
+                raise CompareError(f"The range '{item}' needs a count of at least 2 in [ ].")
+            if count > MAX_SWEEP_WEIGHTS:
+                raise CompareError(f"The range '{item}' has {count} weights; at most {MAX_SWEEP_WEIGHTS}.")
+            weights.extend(round(start + (end - start) * i / (count - 1), 6) for i in range(count))
+        else:
+            raise CompareError(
+                f"'{item}' (item {position} of the weight list) is not a number or a range; "
+                f"write e.g. {DEFAULT_WEIGHTS_TEXT}, or 0-1 (+0.25), or 0-1 [5].")
+    if len(weights) > MAX_SWEEP_WEIGHTS:
+        raise CompareError(f"The weight list has {len(weights)} weights; at most {MAX_SWEEP_WEIGHTS}.")
+    return weights
+
+
+# --------------------------------------------------------------------------------- difference maths
+
+
+def _as_rgb_array(image: Image.Image) -> np.ndarray:
+    """PIL image -> uint8 H x W x 3."""
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def difference_stats(a: Image.Image, b: Image.Image, threshold: int = DEFAULT_CHANGE_THRESHOLD) -> tuple[DiffStats, np.ndarray]:
+    """Numbers and the per-pixel map (uint8 H x W: largest channel |a - b|) of two same-size images."""
+    if a.size != b.size:
+        raise CompareError(f"The two images differ in size ({a.size[0]}x{a.size[1]} vs {b.size[0]}x{b.size[1]}).")
+    if not 0 <= int(threshold) <= 254:
+        raise CompareError(f"The change threshold must be between 0 and 254 (0..255 units), got {threshold}.")
+    channel_diff = np.abs(_as_rgb_array(a).astype(np.int16) - _as_rgb_array(b).astype(np.int16))  # H x W x 3
+    pixel_diff = channel_diff.max(axis=2).astype(np.uint8)                                         # H x W
+    stats = DiffStats(
+        mean_abs_diff=float(channel_diff.mean()),
+        changed_share=float((pixel_diff > threshold).mean()),
+        max_abs_diff=int(pixel_diff.max()),
+        threshold=int(threshold),
+    )
+    return stats, pixel_diff
+
+
+def colorize(values: np.ndarray, full_scale: float) -> np.ndarray:
+    """Float/uint array (any shape) -> uint8 (..., 3) colours of HEATMAP_STOPS; full_scale maps to 1."""
+    t = np.clip(values.astype(np.float64) / max(float(full_scale), 1e-12), 0.0, 1.0)
+    positions = np.array([p for p, _ in HEATMAP_STOPS])
+    colours = np.array([c for _, c in HEATMAP_STOPS], dtype=np.float64)  # stops x 3
+    channels = [np.interp(t, positions, colours[:, k]) for k in range(3)]
+    return np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def heatmap_image(pixel_diff: np.ndarray, min_side: int = 256) -> Image.Image:
+    """Per-pixel difference (uint8 H x W) -> RGB heatmap, enlarged (nearest) so its short side is at
+    least `min_side`, with a colour scale on the right labelled in 0..255 units. The scale's top is
+    the largest difference (at least 1), so small changes stay visible; the label says the value."""
+    height, width = pixel_diff.shape
+    full_scale = max(int(pixel_diff.max()), 1)
+    factor = max(1, math.ceil(min_side / min(height, width)))
+    heat = Image.fromarray(colorize(pixel_diff, full_scale), "RGB").resize((width * factor, height * factor), Image.NEAREST)
+
+    font = _font(14)
+    bar_width, pad = 18, 8
+    label_width = max(int(ImageDraw.Draw(heat).textlength(text, font=font)) for text in (str(full_scale), "0", "|Δ|"))
+    canvas = Image.new("RGB", (heat.width + pad + bar_width + pad + label_width + pad, heat.height), "white")
+    canvas.paste(heat, (0, 0))
+    # Vertical colour bar: top = full scale, bottom = 0.
+    ramp = np.linspace(full_scale, 0, heat.height)[:, None].repeat(bar_width, axis=1)
+    canvas.paste(Image.fromarray(colorize(ramp, full_scale), "RGB"), (heat.width + pad, 0))
+    draw = ImageDraw.Draw(canvas)
+    text_x = heat.width + pad + bar_width + pad
+    draw.text((text_x, 0), str(full_scale), fill="black", font=font)
+    draw.text((text_x, heat.height // 2 - 7), "|Δ|", fill="black", font=font)
+    draw.text((text_x, heat.height - 16), "0", fill="black", font=font)
+    return canvas
+
+
+# -------------------------------------------------------------------------------------------- grids
+
+
+def make_grid(cells: Sequence[Sequence[Image.Image]], column_labels: Sequence[str], row_labels: Sequence[str],
+              *, font_size: int | None = None) -> tuple[Image.Image, GridLayout]:
+    """Labelled grid like A1111's X/Y plot: column labels on top, row labels on the left, cells
+    pasted pixel-exact (no gaps). All cells must share one size."""
+    if not cells or not cells[0]:
+        raise CompareError("A grid needs at least one image.")
+    if len(cells) != len(row_labels) or any(len(row) != len(column_labels) for row in cells):
+        raise CompareError("The grid labels do not match its rows and columns.")
+    cell_width, cell_height = cells[0][0].size
+    if any(cell.size != (cell_width, cell_height) for row in cells for cell in row):
+        raise CompareError("All grid images must have the same size.")
+
+    size = font_size or max(12, min(32, cell_height // 8))
+    font = _font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = max(4, size // 2)
+    left = pad * 2 + max(int(measure.textlength(label, font=font)) for label in row_labels)
+    top = pad * 2 + size
+    # Column labels wider than a cell would run into each other: widen the top margin's text rows.
+    layout = GridLayout(left=left, top=top, cell_width=cell_width, cell_height=cell_height,
+                        rows=len(row_labels), columns=len(column_labels))
+    grid = Image.new("RGB", layout.size, "white")
+    draw = ImageDraw.Draw(grid)
+    for c, label in enumerate(column_labels):
+        x0, _, x1, _ = layout.cell_box(0, c)
+        text_width = measure.textlength(label, font=font)
+        draw.text(((x0 + x1 - text_width) / 2, pad), label, fill="black", font=font)
+    for r, label in enumerate(row_labels):
+        _, y0, _, y1 = layout.cell_box(r, 0)
+        draw.text((pad, (y0 + y1 - size) / 2), label, fill="black", font=font)
+        for c, cell in enumerate(cells[r]):
+            grid.paste(cell.convert("RGB"), layout.cell_box(r, c)[:2])
+    return grid, layout
+
+
+def save_png(image: Image.Image, path: Path | str, infotext: str) -> Path:
+    """Write a PNG with A1111's `parameters` text chunk (PNG Info reads it back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text("parameters", infotext)
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def _quote_infotext_value(value: str) -> str:
+    """A1111 JSON-quotes values containing ',', ':' or '"'."""
+    return json.dumps(value, ensure_ascii=False) if any(ch in value for ch in ',:"') else value
+
+
+def sweep_infotext(cell_infotext: str, weights: Sequence[float], loras: Sequence[str]) -> str:
+    """A cell's infotext plus A1111's X/Y plot fields on its parameter line (the last line)."""
+    extra = {
+        "Script": "X/Y/Z plot",
+        "X Type": "LoRA weight",
+        "X Values": ", ".join(format_weight(w) for w in weights),
+        "Y Type": "LoRA",
+        "Y Values": ", ".join(loras),
+    }
+    fields = ", ".join(f"{key}: {_quote_infotext_value(value)}" for key, value in extra.items())
+    text = cell_infotext.rstrip("\n")
+    return f"{text}, {fields}" if text else fields
+
+
+# ------------------------------------------------------------------------------------ prompt sides
+
+
+def _strip_lora_tags(prompt: str) -> str:
+    stripped, _tags, _warnings = extract_lora_tags(prompt)
+    return stripped
+
+
+def _prompt_lora_names(prompt: str) -> list[str]:
+    _stripped, tags, _warnings = extract_lora_tags(prompt)
+    return list(dict.fromkeys(tag.name for tag in tags))
+
+
+def _with_lora_weight(prompt: str, name: str, weight: float) -> str:
+    try:
+        return set_lora_weight(prompt, name, weight)
+    except PromptSyntaxError as exc:
+        raise CompareError(f"Cannot write a tag for LoRA '{name}': {exc}.") from None
+
+
+def _check_weight(name: str, weight: float) -> float:
+    try:
+        weight = float(weight)
+    except (TypeError, ValueError):
+        raise CompareError(f"The weight of LoRA '{name}' is not a number: {weight!r}.") from None
+    if not math.isfinite(weight):
+        raise CompareError(f"The weight of LoRA '{name}' must be a finite number, got {weight}.")
+    return weight
+
+
+def _check_known(library: Any, names: Sequence[str]) -> None:
+    """With a library at hand, refuse unknown names before anything renders."""
+    if library is None:
+        return
+    unknown = [name for name in names if library.resolve(name) is None]
+    if unknown:
+        listed = ", ".join(f"'{name}'" for name in unknown)
+        raise CompareError(f"Unknown LoRA {listed}: no such file in the LoRA folders (check the name, or press Refresh).")
+
+
+# ------------------------------------------------------------------------------------------ renders
+
+
+def _worker_and_library(session_or_worker: Any) -> tuple[Any, Any]:
+    """An AppContext (has .worker and .library) or a bare worker."""
+    worker = getattr(session_or_worker, "worker", session_or_worker)
+    library = getattr(session_or_worker, "library", None)
+    return worker, library
+
+
+def _fixed_seed(seed: Any) -> int:
+    """-1 (random) -> one concrete seed shared by every render of a comparison."""
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise CompareError(f"The seed must be a whole number, got {seed!r}.") from None
+    return random.randrange(0, 2**32) if seed < 0 else seed
+
+
+def _single_request(base: Any, prompt: str, seed: int) -> Any:
+    if not dataclasses.is_dataclass(base):
+        raise CompareError("The comparison needs a Txt2ImgRequest as its base request.")
+    return dataclasses.replace(base, prompt=prompt, seed=seed, batch_size=1, batch_count=1)
+
+
+def _render(worker: Any, request: Any) -> Any:
+    """One image through the worker; returns its Txt2ImgResult."""
+    result = worker.submit(request).result()
+    if getattr(result, "interrupted", False) or not result.images:
+        raise CompareError("Rendering was interrupted before the comparison finished; nothing was shown.")
+    return result
+
+
+def _first_infotext(result: Any) -> str:
+    infotexts = getattr(result, "infotexts", None) or [""]
+    return infotexts[0]
+
+
+def _check_applied(result: Any, prompt: str) -> None:
+    """The worker reports what it applied; a LoRA side that applied nothing is not a comparison."""
+    if hasattr(result, "loras") and not result.loras:
+        detail = "; ".join(getattr(result, "warnings", []) or []) or "no LoRA in the prompt could be applied"
+        raise CompareError(f"The LoRA side applied no LoRA ({detail}). Prompt: {prompt}")
+
+
+def compare(session_or_worker: Any, request: CompareRequest, on_progress: ProgressCallback | None = None) -> CompareResult:
+    """Render without and with the LoRA(s) at one seed and the same settings; diff them."""
+    worker, library = _worker_and_library(session_or_worker)
+    base_prompt = getattr(request.base, "prompt", "") or ""
+    loras = [(str(name).strip(), _check_weight(name, weight)) for name, weight in request.loras]
+    if any(not name for name, _ in loras):
+        raise CompareError("A LoRA in the comparison has an empty name.")
+    with_prompt = base_prompt
+    for name, weight in loras:
+        with_prompt = _with_lora_weight(with_prompt, name, weight)
+    names = [name for name, _ in loras] or _prompt_lora_names(base_prompt)
+    if not names:
+        raise CompareError("Nothing to compare: pick at least one LoRA (or put <lora:name:weight> in the prompt).")
+    _check_known(library, _prompt_lora_names(with_prompt))
+    stats_threshold = int(request.change_threshold)
+    if not 0 <= stats_threshold <= 254:
+        raise CompareError(f"The change threshold must be between 0 and 254 (0..255 units), got {request.change_threshold}.")
+
+    seed = _fixed_seed(getattr(request.base, "seed", -1))
+    # Exactly the text the worker encodes for the with side once it has taken the tags out, so the
+    # two sides differ by the LoRA weights alone (a stray ", " left by a removed tag is a token).
+    without_prompt = _strip_lora_tags(with_prompt)
+    if on_progress:
+        on_progress(0, 2, "without LoRA")
+    without = _render(worker, _single_request(request.base, without_prompt, seed))
+    if on_progress:
+        on_progress(1, 2, "with LoRA")
+    with_result = _render(worker, _single_request(request.base, with_prompt, seed))
+    _check_applied(with_result, with_prompt)
+    if on_progress:
+        on_progress(2, 2, "done")
+
+    without_image, with_image = without.images[0].convert("RGB"), with_result.images[0].convert("RGB")
+    stats, pixel_diff = difference_stats(without_image, with_image, stats_threshold)
+    return CompareResult(
+        without=without_image,
+        with_lora=with_image,
+        heatmap=heatmap_image(pixel_diff),
+        stats=stats,
+        seed=seed,
+        without_prompt=without_prompt,
+        with_prompt=with_prompt,
+        without_infotext=_first_infotext(without),
+        with_infotext=_first_infotext(with_result),
+        warnings=list(getattr(without, "warnings", []) or []) + list(getattr(with_result, "warnings", []) or []),
+    )
+
+
+def sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCallback | None = None) -> SweepResult:
+    """Grid of LoRA (rows) x weight (columns); the no-LoRA baseline renders once for all 0 cells."""
+    worker, library = _worker_and_library(session_or_worker)
+    weights = [_check_weight("sweep", w) for w in request.weights]
+    if not weights:
+        raise CompareError(f"The weight list is empty: write weights separated by commas, e.g. {DEFAULT_WEIGHTS_TEXT}.")
+    if len(weights) > MAX_SWEEP_WEIGHTS:
+        raise CompareError(f"The weight list has {len(weights)} weights; at most {MAX_SWEEP_WEIGHTS}.")
+    base_prompt = getattr(request.base, "prompt", "") or ""
+    names: list[str] = []
+    for name in (str(n).strip() for n in request.loras):
+        if not name:
+            raise CompareError("A LoRA in the sweep has an empty name.")
+        if name not in names:
+            names.append(name)
+    names = names or _prompt_lora_names(base_prompt)
+    if not names:
+        raise CompareError("Nothing to sweep: pick at least one LoRA (or put <lora:name:weight> in the prompt).")
+    _check_known(library, names)
+    lora_weights = [w for w in weights if w != 0]
+    total = (1 if len(lora_weights) < len(weights) else 0) + len(names) * len(lora_weights)
+    if total > MAX_SWEEP_RENDERS:
+        raise CompareError(f"This sweep needs {total} renders; at most {MAX_SWEEP_RENDERS}: use fewer weights or LoRAs.")
+
+    seed = _fixed_seed(getattr(request.base, "seed", -1))
+    plain_prompt = _strip_lora_tags(base_prompt)
+    # The baseline renders the very text each cell encodes after its one tag is taken out.
+    baseline_prompt = _strip_lora_tags(_with_lora_weight(plain_prompt, names[0], 1.0))
+    done = 0
+    warnings: list[str] = []
+    baseline: Image.Image | None = None
+    baseline_infotext = ""
+    if len(lora_weights) < len(weights):
+        if on_progress:
+            on_progress(done, total, "baseline (no LoRA)")
+        result = _render(worker, _single_request(request.base, baseline_prompt, seed))
+        baseline, baseline_infotext = result.images[0].convert("RGB"), _first_infotext(result)
+        warnings += list(getattr(result, "warnings", []) or [])
+        done += 1
+
+    cells: list[list[Image.Image]] = []
+    first_lora_infotext = ""
+    for name in names:
+        row: list[Image.Image] = []
+        for weight in weights:
+            if weight == 0:
+                row.append(baseline)  # a LoRA at weight 0 changes nothing: reuse the one baseline
+                continue
+            if on_progress:
+                on_progress(done, total, f"{name} at {format_weight(weight)}")
+            prompt = _with_lora_weight(plain_prompt, name, weight)
+            result = _render(worker, _single_request(request.base, prompt, seed))
+            _check_applied(result, prompt)
+            warnings += list(getattr(result, "warnings", []) or [])
+            first_lora_infotext = first_lora_infotext or _first_infotext(result)
+            row.append(result.images[0].convert("RGB"))
+            done += 1
+        cells.append(row)
+    if on_progress:
+        on_progress(done, total, "done")
+
+    grid, layout = make_grid(cells, [format_weight(w) for w in weights], names)
+    return SweepResult(
+        grid=grid,
+        layout=layout,
+        infotext=sweep_infotext(first_lora_infotext or baseline_infotext, weights, names),
+        weights=weights,
+        loras=names,
+        cells=cells,
+        baseline=baseline,
+        seed=seed,
+        renders=done,
+        warnings=list(dict.fromkeys(warnings)),
+    )

@@ -1,0 +1,310 @@
+"""Core compare / sweep: weight lists, difference numbers, heatmap, grids, and real renders through the
+tiny SD1 pipeline with a generated kohya LoRA (via a worker stand-in, see test_compare_support)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_ui import compare as cmp
+from lora_ui.testing.tiny_models import tiny_sd1_pipeline
+from tests.test_compare_support import FakeContext, FakeLibrary, FakeTxt2ImgRequest, FakeWorker, write_tiny_lora
+
+SEED = 1234
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_sd1_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def lora_files(pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loras")
+    return {
+        "styleA": write_tiny_lora(pipe, folder / "styleA.safetensors", seed=1),
+        "charB": write_tiny_lora(pipe, folder / "charB.safetensors", seed=2),
+    }
+
+
+@pytest.fixture
+def worker(pipe, lora_files):
+    return FakeWorker(pipe, lora_files)
+
+
+@pytest.fixture
+def ctx(worker, lora_files):
+    return FakeContext(worker=worker, library=FakeLibrary(lora_files))
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def independent_stats(a: np.ndarray, b: np.ndarray, threshold: int) -> tuple[float, float, int]:
+    """Mean |a-b| over pixels x channels, share of pixels with some channel moving > threshold, max."""
+    height, width, _ = a.shape
+    total, changed, largest = 0, 0, 0
+    for y in range(height):
+        for x in range(width):
+            diffs = [abs(int(a[y, x, c]) - int(b[y, x, c])) for c in range(3)]
+            total += sum(diffs)
+            changed += max(diffs) > threshold
+            largest = max(largest, max(diffs))
+    return total / (height * width * 3), changed / (height * width), largest
+
+
+# ------------------------------------------------------------------------------------ weight lists
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0, 0.25, 0.5, 0.75, 1", [0, 0.25, 0.5, 0.75, 1]),
+    (" -1 ,1.5,.5 ", [-1, 1.5, 0.5]),
+    ("0-1 (+0.25)", [0, 0.25, 0.5, 0.75, 1]),
+    ("1-0 (-0.5)", [1, 0.5, 0]),
+    ("0-1 [3], 2", [0, 0.5, 1, 2]),
+    ("-1-1 [5]", [-1, -0.5, 0, 0.5, 1]),
+])
+def test_parse_weight_list_accepts_numbers_and_a1111_ranges(text, expected):
+    assert cmp.parse_weight_list(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text, named", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("0, abc, 1", "'abc' (item 2"),
+    ("0,,1", "Item 2"),
+    ("0-1 (+0)", "'0-1 (+0)'"),
+    ("0-1 (-0.25)", "never reaches"),
+    ("0-1 [1]", "at least 2"),
+    ("0-10 [40]", "at most 32"),
+    ("nan", "'nan'"),
+])
+def test_parse_weight_list_rejects_bad_text_naming_the_problem(text, named):
+    with pytest.raises(cmp.CompareError, match=None) as info:
+        cmp.parse_weight_list(text)
+    assert named in str(info.value)
+
+
+# ------------------------------------------------------------------------------ difference numbers
+
+
+def test_difference_stats_match_an_independent_computation():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    b = a.copy()
+    b[2:5, 1:4] = rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)
+    b[0, 0, 1] = np.uint8(min(255, int(a[0, 0, 1]) + 2))  # exactly at the threshold: not "changed"
+    stats, pixel_diff = cmp.difference_stats(Image.fromarray(a), Image.fromarray(b), threshold=2)
+    mean, share, largest = independent_stats(a, b, threshold=2)
+    assert stats.mean_abs_diff == pytest.approx(mean, rel=1e-12)
+    assert stats.changed_share == pytest.approx(share, rel=1e-12)
+    assert stats.max_abs_diff == largest
+    assert pixel_diff.shape == (9, 7)
+    assert int(pixel_diff[0, 0]) == abs(int(a[0, 0, 1]) - int(b[0, 0, 1]))
+
+
+def test_identical_images_have_zero_difference():
+    image = Image.new("RGB", (5, 4), (10, 200, 30))
+    stats, pixel_diff = cmp.difference_stats(image, image.copy())
+    assert (stats.mean_abs_diff, stats.changed_share, stats.max_abs_diff) == (0.0, 0.0, 0)
+    assert not pixel_diff.any()
+
+
+def test_difference_stats_refuse_size_mismatch_and_bad_threshold():
+    with pytest.raises(cmp.CompareError, match="differ in size"):
+        cmp.difference_stats(Image.new("RGB", (4, 4)), Image.new("RGB", (4, 5)))
+    with pytest.raises(cmp.CompareError, match="threshold"):
+        cmp.difference_stats(Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4)), threshold=300)
+
+
+def test_colour_scale_runs_from_black_to_pale_yellow_through_its_stops():
+    values = np.array([0.0, 25.0, 50.0, 100.0])
+    colours = cmp.colorize(values, full_scale=100.0)
+    assert colours.tolist() == [[0, 0, 0], [87, 16, 110], [188, 55, 84], [252, 255, 164]]
+    # Halfway between the first two stops is their average colour.
+    assert cmp.colorize(np.array([12.5]), 100.0).tolist() == [[44, 8, 55]]
+
+
+def test_heatmap_is_enlarged_and_carries_its_colour_scale():
+    pixel_diff = np.zeros((32, 32), dtype=np.uint8)
+    pixel_diff[3, 5] = 40  # the largest difference -> top of the scale
+    heat = cmp.heatmap_image(pixel_diff, min_side=256)
+    arr = as_array(heat)
+    assert heat.height == 256 and heat.width > 256  # 8x enlarged, plus the scale on the right
+    assert arr[3 * 8 + 4, 5 * 8 + 4].tolist() == [252, 255, 164]
+    assert arr[100, 100].tolist() == [0, 0, 0]
+    bar_x = 256 + 8 + 9  # middle of the bar
+    assert arr[0, bar_x].tolist() == [252, 255, 164]
+    assert arr[255, bar_x].tolist() == [0, 0, 0]
+    label_area = arr[:, 256 + 8 + 18 + 8:]
+    assert (label_area < 100).all(axis=2).any(), "the scale has no value labels"
+
+
+# ------------------------------------------------------------------------------------------- grids
+
+
+def test_grid_places_cells_pixel_exact_under_their_labels():
+    rng = np.random.default_rng(1)
+    cells = [[Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)) for _ in range(3)] for _ in range(2)]
+    grid, layout = cmp.make_grid(cells, ["0", "0.5", "1"], ["styleA", "charB"])
+    assert grid.size == layout.size == (layout.left + 3 * 30, layout.top + 2 * 20)
+    assert layout.left > 0 and layout.top > 0
+    for r in range(2):
+        for c in range(3):
+            assert np.array_equal(as_array(grid.crop(layout.cell_box(r, c))), as_array(cells[r][c]))
+    arr = as_array(grid)
+    for c in range(3):  # some dark text above every column
+        x0, _, x1, _ = layout.cell_box(0, c)
+        assert (arr[: layout.top, x0:x1] < 100).all(axis=2).any()
+    for r in range(2):  # and left of every row
+        _, y0, _, y1 = layout.cell_box(r, 0)
+        assert (arr[y0:y1, : layout.left] < 100).all(axis=2).any()
+
+
+def test_grid_refuses_mixed_sizes_and_mismatched_labels():
+    a, b = Image.new("RGB", (8, 8)), Image.new("RGB", (8, 9))
+    with pytest.raises(cmp.CompareError, match="same size"):
+        cmp.make_grid([[a, b]], ["0", "1"], ["x"])
+    with pytest.raises(cmp.CompareError, match="labels"):
+        cmp.make_grid([[a, a]], ["0"], ["x"])
+
+
+def test_sweep_infotext_appends_xy_fields_a1111_style():
+    text = cmp.sweep_infotext("a cat <lora:styleA:1>\nSteps: 3, Seed: 5", [0, 0.5, 1], ["styleA", "charB"])
+    assert text == ('a cat <lora:styleA:1>\nSteps: 3, Seed: 5, Script: X/Y/Z plot, X Type: LoRA weight, '
+                    'X Values: "0, 0.5, 1", Y Type: LoRA, Y Values: "styleA, charB"')
+
+
+# ----------------------------------------------------------------------------------- real renders
+
+
+def test_compare_without_side_equals_plain_txt2img_and_with_side_differs(ctx, worker):
+    request = cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a red cube, sunny", seed=SEED), loras=[("styleA", 1.0)])
+    result = cmp.compare(ctx, request)
+
+    plain = worker.submit(FakeTxt2ImgRequest(prompt="a red cube, sunny", seed=SEED)).result().images[0]
+    assert np.array_equal(as_array(result.without), as_array(plain))
+    assert not np.array_equal(as_array(result.with_lora), as_array(result.without))
+    assert result.seed == SEED
+    assert result.with_prompt == "a red cube, sunny <lora:styleA:1>"
+    rendered = worker.requests[:2]
+    assert [r.seed for r in rendered] == [SEED, SEED]
+    assert "<lora" not in rendered[0].prompt and "<lora:styleA:1>" in rendered[1].prompt
+    assert (rendered[0].steps, rendered[0].cfg_scale) == (rendered[1].steps, rendered[1].cfg_scale)
+
+    mean, share, largest = independent_stats(as_array(result.without), as_array(result.with_lora), result.stats.threshold)
+    assert result.stats.mean_abs_diff == pytest.approx(mean, rel=1e-12)
+    assert result.stats.changed_share == pytest.approx(share, rel=1e-12)
+    assert result.stats.max_abs_diff == largest > 0
+    assert result.heatmap.height >= 256
+    assert "styleA" in result.with_infotext
+
+
+def test_compare_at_weight_zero_equals_the_baseline(ctx, worker):
+    request = cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a red cube", seed=SEED), loras=[("styleA", 0.0)])
+    result = cmp.compare(ctx, request)
+    assert "<lora:styleA:0>" in worker.requests[1].prompt  # the LoRA side really rendered the tag
+    assert np.array_equal(as_array(result.with_lora), as_array(result.without))
+    assert (result.stats.mean_abs_diff, result.stats.changed_share) == (0.0, 0.0)
+
+
+def test_compare_uses_the_prompt_tags_when_no_lora_is_picked_and_fixes_a_random_seed(ctx, worker):
+    request = cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a cube, <lora:charB:0.8>, blue", seed=-1))
+    result = cmp.compare(ctx, request)
+    first, second = worker.requests
+    assert first.seed == second.seed == result.seed >= 0
+    assert second.prompt == "a cube, <lora:charB:0.8>, blue"
+    assert first.prompt == "a cube, , blue"  # exactly the text the LoRA side encodes
+    assert result.stats.max_abs_diff > 0
+
+
+def test_compare_reports_progress(ctx):
+    calls = []
+    cmp.compare(ctx, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="x", seed=1), loras=[("styleA", 1)]),
+                on_progress=lambda done, total, what: calls.append((done, total)))
+    assert calls == [(0, 2), (1, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("loras, prompt, message", [
+    ([], "a cube", "Nothing to compare"),
+    ([("nosuch", 1.0)], "a cube", "Unknown LoRA 'nosuch'"),
+    ([], "a cube <lora:ghost:1>", "Unknown LoRA 'ghost'"),
+    ([("styleA", float("nan"))], "a cube", "finite"),
+    ([("  ", 1.0)], "a cube", "empty name"),
+    ([("bad:name", 1.0)], "a cube", "Cannot write a tag"),
+])
+def test_compare_refuses_bad_input_before_rendering(ctx, worker, loras, prompt, message):
+    with pytest.raises(cmp.CompareError) as info:
+        cmp.compare(ctx, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt=prompt, seed=1), loras=loras))
+    assert message in str(info.value)
+    assert worker.requests == []
+
+
+def test_compare_without_a_library_relies_on_what_the_worker_applied(worker):
+    with pytest.raises(cmp.CompareError, match="applied no LoRA.*unknown LoRA 'ghost'"):
+        cmp.compare(worker, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="cube", seed=1), loras=[("ghost", 1)]))
+
+
+def test_sweep_renders_the_baseline_once_and_builds_a_labelled_grid(ctx, worker, tmp_path):
+    base = FakeTxt2ImgRequest(prompt="a red cube <lora:charB:0.3>", seed=SEED)
+    progress = []
+    result = cmp.sweep(ctx, cmp.SweepRequest(base=base, weights=[0, 0.5, 1], loras=["styleA", "charB"]),
+                       on_progress=lambda done, total, what: progress.append((done, total)))
+
+    # 1 baseline + 2 LoRAs x 2 non-zero weights; the baseline is the only request without a tag.
+    assert result.renders == len(worker.requests) == 5
+    untagged = [r for r in worker.requests if "<lora" not in r.prompt]
+    assert len(untagged) == 1
+    assert {r.seed for r in worker.requests} == {SEED}
+    assert sorted(r.prompt for r in worker.requests if "<lora" in r.prompt) == sorted([
+        "a red cube <lora:styleA:0.5>", "a red cube <lora:styleA:1>",
+        "a red cube <lora:charB:0.5>", "a red cube <lora:charB:1>"])
+    assert untagged[0].prompt == "a red cube "  # exactly the text every cell encodes
+    assert progress[0] == (0, 5) and progress[-1] == (5, 5)
+
+    assert result.loras == ["styleA", "charB"] and result.weights == [0, 0.5, 1]
+    layout = result.layout
+    assert (layout.rows, layout.columns, layout.cell_width, layout.cell_height) == (2, 3, 32, 32)
+    assert result.grid.size == (layout.left + 3 * 32, layout.top + 2 * 32)
+    for r in range(2):
+        assert result.cells[r][0] is result.baseline  # weight 0 reuses the one baseline
+        for c in range(3):
+            assert np.array_equal(as_array(result.grid.crop(layout.cell_box(r, c))), as_array(result.cells[r][c]))
+    assert not np.array_equal(as_array(result.cells[0][2]), as_array(result.baseline))
+    assert not np.array_equal(as_array(result.cells[0][2]), as_array(result.cells[1][2]))
+
+    # A cell is the same image a comparison at that weight shows.
+    compared = cmp.compare(ctx, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a red cube", seed=SEED), loras=[("styleA", 1)]))
+    assert np.array_equal(as_array(compared.with_lora), as_array(result.cells[0][2]))
+
+    saved = cmp.save_png(result.grid, tmp_path / "grid.png", result.infotext)
+    with Image.open(saved) as reread:
+        assert reread.info["parameters"] == result.infotext
+        assert reread.size == result.grid.size
+    assert 'X Values: "0, 0.5, 1"' in result.infotext and 'Y Values: "styleA, charB"' in result.infotext
+
+
+def test_sweep_without_zero_renders_no_baseline_and_defaults_to_prompt_loras(ctx, worker):
+    result = cmp.sweep(ctx, cmp.SweepRequest(base=FakeTxt2ImgRequest(prompt="cube <lora:styleA:1>", seed=3), weights=[0.5, 1]))
+    assert result.baseline is None and result.renders == len(worker.requests) == 2
+    assert result.loras == ["styleA"]
+    assert all("<lora:styleA:" in r.prompt for r in worker.requests)
+
+
+@pytest.mark.parametrize("request_kwargs, message", [
+    (dict(weights=[], loras=["styleA"]), "empty"),
+    (dict(weights=[0, 1], loras=[]), "Nothing to sweep"),
+    (dict(weights=[0, 1], loras=["styleA", "nosuch"]), "Unknown LoRA 'nosuch'"),
+    (dict(weights=[0.1 * i for i in range(1, 31)], loras=["styleA", "charB", "x3"]), "renders"),
+    (dict(weights=[0, float("inf")], loras=["styleA"]), "finite"),
+])
+def test_sweep_refuses_bad_input_before_rendering(ctx, worker, request_kwargs, message):
+    ctx.library.lora_files["x3"] = ctx.library.lora_files["styleA"]
+    with pytest.raises(cmp.CompareError) as info:
+        cmp.sweep(ctx, cmp.SweepRequest(base=FakeTxt2ImgRequest(prompt="cube", seed=1), **request_kwargs))
+    assert message in str(info.value)
+    assert worker.requests == []
