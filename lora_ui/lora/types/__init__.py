@@ -10,11 +10,25 @@ from torch import Tensor, nn
 
 from lora_ui.lora.spec import LoraError
 from lora_ui.lora.types.base import LowRankFactors, NetworkModule, Target
+from lora_ui.lora.types.full import FullModule
+from lora_ui.lora.types.glora import GLoRAModule
+from lora_ui.lora.types.ia3 import IA3Module
+from lora_ui.lora.types.loha import LoHaModule
+from lora_ui.lora.types.lokr import LoKrModule
 from lora_ui.lora.types.lora import LoRAModule
+from lora_ui.lora.types.norm import NormModule
+from lora_ui.lora.types.oft import OFTModule
 
 # First type whose parts are present wins (A1111 order: lora, hada, ia3, lokr, full, norm, glora, oft).
 NETWORK_TYPES: tuple[type[NetworkModule], ...] = (
     LoRAModule,
+    LoHaModule,
+    IA3Module,
+    LoKrModule,
+    FullModule,
+    NormModule,
+    GLoRAModule,
+    OFTModule,
 )
 
 
@@ -27,4 +41,18 @@ def load_network_module(parts: Mapping[str, Tensor], target: "nn.Module | Target
     raise LoraError(f"no LoRA network type uses the parts {', '.join(sorted(parts)) or '(none)'}")
 
 
-__all__ = ["NETWORK_TYPES", "LoRAModule", "LowRankFactors", "NetworkModule", "Target", "load_network_module"]
+__all__ = [
+    "NETWORK_TYPES",
+    "FullModule",
+    "GLoRAModule",
+    "IA3Module",
+    "LoHaModule",
+    "LoKrModule",
+    "LoRAModule",
+    "LowRankFactors",
+    "NetworkModule",
+    "NormModule",
+    "OFTModule",
+    "Target",
+    "load_network_module",
+]

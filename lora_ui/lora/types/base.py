@@ -141,6 +141,22 @@ def as_fp32(tensor: Tensor, device: torch.device) -> Tensor:
     return tensor.to(device=device, dtype=FP32)
 
 
+def fresh_fp32(tensor: Tensor, device: torch.device, factor: float = 1.0) -> Tensor:
+    """factor * tensor as a new fp32 tensor on device (safe to modify in place)."""
+    t32 = tensor.to(device=device, dtype=FP32, copy=True)
+    return t32.mul_(factor) if factor != 1.0 else t32
+
+
+def scaled_fp32(tensor: Tensor, device: torch.device, factor: float) -> Tensor:
+    """factor * tensor in fp32 on device; never modifies `tensor` itself."""
+    t32 = as_fp32(tensor, device)
+    if factor == 1.0:
+        return t32
+    if t32 is tensor:
+        return t32 * factor
+    return t32.mul_(factor)
+
+
 class NetworkModule(ABC):
     """One network type's factors for one layer.
 

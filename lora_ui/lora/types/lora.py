@@ -25,6 +25,7 @@ from lora_ui.lora.types.base import (
     as_fp32,
     expect,
     first_part,
+    scaled_fp32,
     shape_str,
 )
 
@@ -35,16 +36,6 @@ MID_NAMES = ("lora_mid.weight",)
 
 def _trailing_ones(t: Tensor) -> bool:
     return all(d == 1 for d in t.shape[2:])
-
-
-def _scaled_fp32(t: Tensor, device: torch.device, factor: float) -> Tensor:
-    """factor * t in fp32 on device, never modifying t itself."""
-    t32 = as_fp32(t, device)
-    if factor == 1.0:
-        return t32
-    if t32 is t:
-        return t32 * factor
-    return t32.mul_(factor)
 
 
 class LoRAModule(NetworkModule):
@@ -117,10 +108,10 @@ class LoRAModule(NetworkModule):
             if dyn is not None:
                 up, down = up[:, :dyn], down[:dyn]
             # One matmul; the factor rides on the small `up`.
-            return torch.mm(_scaled_fp32(up, device, factor), as_fp32(down, device)), None
+            return torch.mm(scaled_fp32(up, device, factor), as_fp32(down, device)), None
         mid = as_fp32(self.mid, device)  # (n, m, kh, kw)
         core_down = torch.einsum("nmkl,mj->njkl", mid, as_fp32(down, device))  # (n, in, kh, kw)
-        updown = torch.einsum("in,njkl->ijkl", _scaled_fp32(up, device, factor), core_down)
+        updown = torch.einsum("in,njkl->ijkl", scaled_fp32(up, device, factor), core_down)
         return updown, None
 
     def low_rank_factors(self, dyn: int | None = None) -> LowRankFactors | None:
