@@ -1,9 +1,10 @@
 """What a LoRA does, shown side by side: with/without renders, a difference heatmap, a weight sweep grid.
 
-Core module (no gradio). Every render goes through the one worker (`worker.submit(req) -> Future`
-of a `Txt2ImgResult`); the LoRA side is produced only by writing `<lora:name:w>` tags into the
-prompt, so the worker's normal path (library -> LoraManager.set_loras) applies them, and the
-*without* side is the same request with every LoRA tag removed. Both sides share one fixed seed.
+Core module (no gradio). A comparison or a sweep is ONE compound job on the one worker
+(`worker.submit(job(session), kind=..., job_count=renders)`), rendering with `session.txt2img(req)`,
+so nothing else runs between its renders and the worker's progress counts them. The LoRA side is
+produced only by writing `<lora:name:w>` tags into the prompt, so the worker's normal path
+(library -> LoraManager.set_loras) applies them, and the *without* side is the same request with every LoRA tag removed. Both sides share one fixed seed.
 
 Image arrays in this module are uint8 `H x W x 3` (RGB); differences are in 0..255 units.
 """
@@ -15,6 +16,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,9 +361,9 @@ def _check_known(library: Any, names: Sequence[str]) -> None:
 
 
 def _worker_and_library(session_or_worker: Any) -> tuple[Any, Any]:
-    """An AppContext (has .worker and .library) or a bare worker."""
+    """An AppContext (has .worker and .library) or a bare Worker (which may carry .library)."""
     worker = getattr(session_or_worker, "worker", session_or_worker)
-    library = getattr(session_or_worker, "library", None)
+    library = getattr(session_or_worker, "library", None) or getattr(worker, "library", None)
     return worker, library
 
 
@@ -371,7 +373,7 @@ def _fixed_seed(seed: Any) -> int:
         seed = int(seed)
     except (TypeError, ValueError):
         raise CompareError(f"The seed must be a whole number, got {seed!r}.") from None
-    return random.randrange(0, 2**32) if seed < 0 else seed
+    return random.randint(0, 2**32 - 2) if seed < 0 else seed  # A1111 draws seeds below 2**32 - 1
 
 
 def _single_request(base: Any, prompt: str, seed: int) -> Any:
@@ -380,11 +382,11 @@ def _single_request(base: Any, prompt: str, seed: int) -> Any:
     return dataclasses.replace(base, prompt=prompt, seed=seed, batch_size=1, batch_count=1)
 
 
-def _render(worker: Any, request: Any) -> Any:
-    """One image through the worker; returns its Txt2ImgResult."""
-    result = worker.submit(request).result()
-    if getattr(result, "interrupted", False) or not result.images:
-        raise CompareError("Rendering was interrupted before the comparison finished; nothing was shown.")
+def _render(session: Any, request: Any) -> Any:
+    """One image on the worker thread (`WorkerSession.txt2img`: applies the prompt's LoRA set)."""
+    result = session.txt2img(request)
+    if getattr(result, "interrupted", False) or getattr(session, "interrupted", False) or not result.images:
+        raise CompareError("Rendering was interrupted before the comparison finished; nothing is shown.")
     return result
 
 
@@ -393,16 +395,33 @@ def _first_infotext(result: Any) -> str:
     return infotexts[0]
 
 
+def _result_warnings(result: Any) -> list[str]:
+    return list(getattr(result, "warnings", None) or [])
+
+
 def _check_applied(result: Any, prompt: str) -> None:
     """The worker reports what it applied; a LoRA side that applied nothing is not a comparison."""
     if hasattr(result, "loras") and not result.loras:
-        detail = "; ".join(getattr(result, "warnings", []) or []) or "no LoRA in the prompt could be applied"
+        detail = "; ".join(_result_warnings(result)) or "no LoRA in the prompt could be applied"
         raise CompareError(f"The LoRA side applied no LoRA ({detail}). Prompt: {prompt}")
 
 
-def compare(session_or_worker: Any, request: CompareRequest, on_progress: ProgressCallback | None = None) -> CompareResult:
-    """Render without and with the LoRA(s) at one seed and the same settings; diff them."""
-    worker, library = _worker_and_library(session_or_worker)
+def _report(on_progress: ProgressCallback | None, done: int, total: int, what: str) -> None:
+    if on_progress is not None:
+        on_progress(done, total, what)
+
+
+@dataclass(frozen=True)
+class _ComparePlan:
+    base: Any
+    seed: int
+    without_prompt: str
+    with_prompt: str
+    threshold: int
+
+
+def _plan_compare(request: CompareRequest, library: Any) -> _ComparePlan:
+    """Every check that needs no render; raises CompareError before anything is queued."""
     base_prompt = getattr(request.base, "prompt", "") or ""
     loras = [(str(name).strip(), _check_weight(name, weight)) for name, weight in request.loras]
     if any(not name for name, _ in loras):
@@ -410,47 +429,73 @@ def compare(session_or_worker: Any, request: CompareRequest, on_progress: Progre
     with_prompt = base_prompt
     for name, weight in loras:
         with_prompt = _with_lora_weight(with_prompt, name, weight)
-    names = [name for name, _ in loras] or _prompt_lora_names(base_prompt)
-    if not names:
+    if not _prompt_lora_names(with_prompt):
         raise CompareError("Nothing to compare: pick at least one LoRA (or put <lora:name:weight> in the prompt).")
     _check_known(library, _prompt_lora_names(with_prompt))
-    stats_threshold = int(request.change_threshold)
-    if not 0 <= stats_threshold <= 254:
-        raise CompareError(f"The change threshold must be between 0 and 254 (0..255 units), got {request.change_threshold}.")
-
+    try:
+        threshold = int(request.change_threshold)
+    except (TypeError, ValueError):
+        raise CompareError(f"The change threshold must be a whole number, got {request.change_threshold!r}.") from None
+    if not 0 <= threshold <= 254:
+        raise CompareError(f"The change threshold must be between 0 and 254 (0..255 units), got {threshold}.")
     seed = _fixed_seed(getattr(request.base, "seed", -1))
+    _single_request(request.base, base_prompt, seed)  # a base that is no request fails here, not on the worker
     # Exactly the text the worker encodes for the with side once it has taken the tags out, so the
     # two sides differ by the LoRA weights alone (a stray ", " left by a removed tag is a token).
-    without_prompt = _strip_lora_tags(with_prompt)
-    if on_progress:
-        on_progress(0, 2, "without LoRA")
-    without = _render(worker, _single_request(request.base, without_prompt, seed))
-    if on_progress:
-        on_progress(1, 2, "with LoRA")
-    with_result = _render(worker, _single_request(request.base, with_prompt, seed))
-    _check_applied(with_result, with_prompt)
-    if on_progress:
-        on_progress(2, 2, "done")
+    return _ComparePlan(request.base, seed, _strip_lora_tags(with_prompt), with_prompt, threshold)
+
+
+def _compare_job(session: Any, plan: _ComparePlan, on_progress: ProgressCallback | None) -> CompareResult:
+    _report(on_progress, 0, 2, "without LoRA")
+    without = _render(session, _single_request(plan.base, plan.without_prompt, plan.seed))
+    _report(on_progress, 1, 2, "with LoRA")
+    with_result = _render(session, _single_request(plan.base, plan.with_prompt, plan.seed))
+    _check_applied(with_result, plan.with_prompt)
+    _report(on_progress, 2, 2, "done")
 
     without_image, with_image = without.images[0].convert("RGB"), with_result.images[0].convert("RGB")
-    stats, pixel_diff = difference_stats(without_image, with_image, stats_threshold)
+    stats, pixel_diff = difference_stats(without_image, with_image, plan.threshold)
     return CompareResult(
         without=without_image,
         with_lora=with_image,
         heatmap=heatmap_image(pixel_diff),
         stats=stats,
-        seed=seed,
-        without_prompt=without_prompt,
-        with_prompt=with_prompt,
+        seed=plan.seed,
+        without_prompt=plan.without_prompt,
+        with_prompt=plan.with_prompt,
         without_infotext=_first_infotext(without),
         with_infotext=_first_infotext(with_result),
-        warnings=list(getattr(without, "warnings", []) or []) + list(getattr(with_result, "warnings", []) or []),
+        warnings=list(dict.fromkeys(_result_warnings(without) + _result_warnings(with_result))),
     )
 
 
-def sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCallback | None = None) -> SweepResult:
-    """Grid of LoRA (rows) x weight (columns); the no-LoRA baseline renders once for all 0 cells."""
+def submit_compare(session_or_worker: Any, request: CompareRequest,
+                   on_progress: ProgressCallback | None = None) -> Future:
+    """Check the request, then queue both renders as ONE worker job (nothing else runs between
+    them); returns the Future of a CompareResult. Bad input raises CompareError here, before
+    anything is queued. `on_progress` is called on the worker thread."""
     worker, library = _worker_and_library(session_or_worker)
+    plan = _plan_compare(request, library)
+    return worker.submit(lambda session: _compare_job(session, plan, on_progress), kind="compare", job_count=2)
+
+
+def compare(session_or_worker: Any, request: CompareRequest, on_progress: ProgressCallback | None = None) -> CompareResult:
+    """Render without and with the LoRA(s) at one seed and the same settings; diff them."""
+    return submit_compare(session_or_worker, request, on_progress).result()
+
+
+@dataclass(frozen=True)
+class _SweepPlan:
+    base: Any
+    seed: int
+    weights: list[float]
+    names: list[str]
+    plain_prompt: str
+    baseline_prompt: str
+    renders: int
+
+
+def _plan_sweep(request: SweepRequest, library: Any) -> _SweepPlan:
     weights = [_check_weight("sweep", w) for w in request.weights]
     if not weights:
         raise CompareError(f"The weight list is empty: write weights separated by commas, e.g. {DEFAULT_WEIGHTS_TEXT}.")
@@ -467,58 +512,73 @@ def sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCa
     if not names:
         raise CompareError("Nothing to sweep: pick at least one LoRA (or put <lora:name:weight> in the prompt).")
     _check_known(library, names)
-    lora_weights = [w for w in weights if w != 0]
-    total = (1 if len(lora_weights) < len(weights) else 0) + len(names) * len(lora_weights)
-    if total > MAX_SWEEP_RENDERS:
-        raise CompareError(f"This sweep needs {total} renders; at most {MAX_SWEEP_RENDERS}: use fewer weights or LoRAs.")
-
-    seed = _fixed_seed(getattr(request.base, "seed", -1))
+    nonzero = sum(1 for w in weights if w != 0)
+    renders = (1 if nonzero < len(weights) else 0) + len(names) * nonzero
+    if renders > MAX_SWEEP_RENDERS:
+        raise CompareError(f"This sweep needs {renders} renders; at most {MAX_SWEEP_RENDERS}: use fewer weights or LoRAs.")
     plain_prompt = _strip_lora_tags(base_prompt)
+    for name in names:
+        _with_lora_weight(plain_prompt, name, 1.0)  # a name that cannot be written as a tag fails now
+    seed = _fixed_seed(getattr(request.base, "seed", -1))
+    _single_request(request.base, plain_prompt, seed)
     # The baseline renders the very text each cell encodes after its one tag is taken out.
     baseline_prompt = _strip_lora_tags(_with_lora_weight(plain_prompt, names[0], 1.0))
+    return _SweepPlan(request.base, seed, weights, names, plain_prompt, baseline_prompt, renders)
+
+
+def _sweep_job(session: Any, plan: _SweepPlan, on_progress: ProgressCallback | None) -> SweepResult:
     done = 0
     warnings: list[str] = []
     baseline: Image.Image | None = None
     baseline_infotext = ""
-    if len(lora_weights) < len(weights):
-        if on_progress:
-            on_progress(done, total, "baseline (no LoRA)")
-        result = _render(worker, _single_request(request.base, baseline_prompt, seed))
+    if any(w == 0 for w in plan.weights):
+        _report(on_progress, done, plan.renders, "baseline (no LoRA)")
+        result = _render(session, _single_request(plan.base, plan.baseline_prompt, plan.seed))
         baseline, baseline_infotext = result.images[0].convert("RGB"), _first_infotext(result)
-        warnings += list(getattr(result, "warnings", []) or [])
+        warnings += _result_warnings(result)
         done += 1
 
     cells: list[list[Image.Image]] = []
     first_lora_infotext = ""
-    for name in names:
+    for name in plan.names:
         row: list[Image.Image] = []
-        for weight in weights:
+        for weight in plan.weights:
             if weight == 0:
                 row.append(baseline)  # a LoRA at weight 0 changes nothing: reuse the one baseline
                 continue
-            if on_progress:
-                on_progress(done, total, f"{name} at {format_weight(weight)}")
-            prompt = _with_lora_weight(plain_prompt, name, weight)
-            result = _render(worker, _single_request(request.base, prompt, seed))
+            _report(on_progress, done, plan.renders, f"{name} at {format_weight(weight)}")
+            prompt = _with_lora_weight(plan.plain_prompt, name, weight)
+            result = _render(session, _single_request(plan.base, prompt, plan.seed))
             _check_applied(result, prompt)
-            warnings += list(getattr(result, "warnings", []) or [])
+            warnings += _result_warnings(result)
             first_lora_infotext = first_lora_infotext or _first_infotext(result)
             row.append(result.images[0].convert("RGB"))
             done += 1
         cells.append(row)
-    if on_progress:
-        on_progress(done, total, "done")
+    _report(on_progress, done, plan.renders, "done")
 
-    grid, layout = make_grid(cells, [format_weight(w) for w in weights], names)
+    grid, layout = make_grid(cells, [format_weight(w) for w in plan.weights], plan.names)
     return SweepResult(
         grid=grid,
         layout=layout,
-        infotext=sweep_infotext(first_lora_infotext or baseline_infotext, weights, names),
-        weights=weights,
-        loras=names,
+        infotext=sweep_infotext(first_lora_infotext or baseline_infotext, plan.weights, plan.names),
+        weights=list(plan.weights),
+        loras=list(plan.names),
         cells=cells,
         baseline=baseline,
-        seed=seed,
+        seed=plan.seed,
         renders=done,
         warnings=list(dict.fromkeys(warnings)),
     )
+
+
+def submit_sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCallback | None = None) -> Future:
+    """Check the request, then queue the whole sweep as ONE worker job; Future of a SweepResult."""
+    worker, library = _worker_and_library(session_or_worker)
+    plan = _plan_sweep(request, library)
+    return worker.submit(lambda session: _sweep_job(session, plan, on_progress), kind="sweep", job_count=plan.renders)
+
+
+def sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCallback | None = None) -> SweepResult:
+    """Grid of LoRA (rows) x weight (columns); the no-LoRA baseline renders once for all 0 cells."""
+    return submit_sweep(session_or_worker, request, on_progress).result()

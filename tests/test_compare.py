@@ -1,5 +1,5 @@
 """Core compare / sweep: weight lists, difference numbers, heatmap, grids, and real renders through the
-tiny SD1 pipeline with a generated kohya LoRA (via a worker stand-in, see test_compare_support)."""
+tiny SD1 pipeline with a generated kohya LoRA, through the real Worker and txt2img (see test_compare_support)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from PIL import Image
 
 from lora_ui import compare as cmp
 from lora_ui.testing.tiny_models import tiny_sd1_pipeline
-from tests.test_compare_support import FakeContext, FakeLibrary, FakeTxt2ImgRequest, FakeWorker, write_tiny_lora
+from tests.test_compare_support import Context, make_rig, tiny_request, write_tiny_lora
 
 SEED = 1234
 
@@ -31,13 +31,15 @@ def lora_files(pipe, tmp_path_factory):
 
 
 @pytest.fixture
-def worker(pipe, lora_files):
-    return FakeWorker(pipe, lora_files)
+def rig(pipe, lora_files):
+    rig = make_rig(pipe, lora_files)
+    yield rig
+    rig.worker.shutdown()
 
 
 @pytest.fixture
-def ctx(worker, lora_files):
-    return FakeContext(worker=worker, library=FakeLibrary(lora_files))
+def ctx(rig):
+    return Context(worker=rig.worker, library=rig.library)
 
 
 def as_array(image: Image.Image) -> np.ndarray:
@@ -182,16 +184,16 @@ def test_sweep_infotext_appends_xy_fields_a1111_style():
 # ----------------------------------------------------------------------------------- real renders
 
 
-def test_compare_without_side_equals_plain_txt2img_and_with_side_differs(ctx, worker):
-    request = cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a red cube, sunny", seed=SEED), loras=[("styleA", 1.0)])
+def test_compare_without_side_equals_plain_txt2img_and_with_side_differs(ctx, rig):
+    request = cmp.CompareRequest(base=tiny_request(prompt="a red cube, sunny", seed=SEED), loras=[("styleA", 1.0)])
     result = cmp.compare(ctx, request)
 
-    plain = worker.submit(FakeTxt2ImgRequest(prompt="a red cube, sunny", seed=SEED)).result().images[0]
+    plain = rig.worker.txt2img(tiny_request(prompt="a red cube, sunny", seed=SEED)).result().images[0]
     assert np.array_equal(as_array(result.without), as_array(plain))
     assert not np.array_equal(as_array(result.with_lora), as_array(result.without))
     assert result.seed == SEED
     assert result.with_prompt == "a red cube, sunny <lora:styleA:1>"
-    rendered = worker.requests[:2]
+    rendered = rig.requests[:2]
     assert [r.seed for r in rendered] == [SEED, SEED]
     assert "<lora" not in rendered[0].prompt and "<lora:styleA:1>" in rendered[1].prompt
     assert (rendered[0].steps, rendered[0].cfg_scale) == (rendered[1].steps, rendered[1].cfg_scale)
@@ -204,18 +206,18 @@ def test_compare_without_side_equals_plain_txt2img_and_with_side_differs(ctx, wo
     assert "styleA" in result.with_infotext
 
 
-def test_compare_at_weight_zero_equals_the_baseline(ctx, worker):
-    request = cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a red cube", seed=SEED), loras=[("styleA", 0.0)])
+def test_compare_at_weight_zero_equals_the_baseline(ctx, rig):
+    request = cmp.CompareRequest(base=tiny_request(prompt="a red cube", seed=SEED), loras=[("styleA", 0.0)])
     result = cmp.compare(ctx, request)
-    assert "<lora:styleA:0>" in worker.requests[1].prompt  # the LoRA side really rendered the tag
+    assert "<lora:styleA:0>" in rig.requests[1].prompt  # the LoRA side really rendered the tag
     assert np.array_equal(as_array(result.with_lora), as_array(result.without))
     assert (result.stats.mean_abs_diff, result.stats.changed_share) == (0.0, 0.0)
 
 
-def test_compare_uses_the_prompt_tags_when_no_lora_is_picked_and_fixes_a_random_seed(ctx, worker):
-    request = cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a cube, <lora:charB:0.8>, blue", seed=-1))
+def test_compare_uses_the_prompt_tags_when_no_lora_is_picked_and_fixes_a_random_seed(ctx, rig):
+    request = cmp.CompareRequest(base=tiny_request(prompt="a cube, <lora:charB:0.8>, blue", seed=-1))
     result = cmp.compare(ctx, request)
-    first, second = worker.requests
+    first, second = rig.requests
     assert first.seed == second.seed == result.seed >= 0
     assert second.prompt == "a cube, <lora:charB:0.8>, blue"
     assert first.prompt == "a cube, , blue"  # exactly the text the LoRA side encodes
@@ -224,7 +226,7 @@ def test_compare_uses_the_prompt_tags_when_no_lora_is_picked_and_fixes_a_random_
 
 def test_compare_reports_progress(ctx):
     calls = []
-    cmp.compare(ctx, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="x", seed=1), loras=[("styleA", 1)]),
+    cmp.compare(ctx, cmp.CompareRequest(base=tiny_request(prompt="x", seed=1), loras=[("styleA", 1)]),
                 on_progress=lambda done, total, what: calls.append((done, total)))
     assert calls == [(0, 2), (1, 2), (2, 2)]
 
@@ -237,30 +239,56 @@ def test_compare_reports_progress(ctx):
     ([("  ", 1.0)], "a cube", "empty name"),
     ([("bad:name", 1.0)], "a cube", "Cannot write a tag"),
 ])
-def test_compare_refuses_bad_input_before_rendering(ctx, worker, loras, prompt, message):
+def test_compare_refuses_bad_input_before_rendering(ctx, rig, loras, prompt, message):
     with pytest.raises(cmp.CompareError) as info:
-        cmp.compare(ctx, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt=prompt, seed=1), loras=loras))
+        cmp.compare(ctx, cmp.CompareRequest(base=tiny_request(prompt=prompt, seed=1), loras=loras))
     assert message in str(info.value)
-    assert worker.requests == []
+    assert rig.requests == []
 
 
-def test_compare_without_a_library_relies_on_what_the_worker_applied(worker):
-    with pytest.raises(cmp.CompareError, match="applied no LoRA.*unknown LoRA 'ghost'"):
-        cmp.compare(worker, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="cube", seed=1), loras=[("ghost", 1)]))
+def test_compare_without_a_library_relies_on_what_the_worker_applied(pipe, lora_files):
+    rig = make_rig(pipe, lora_files, with_library=False)
+    try:
+        with pytest.raises(cmp.CompareError, match="applied no LoRA.*no LoRA library is configured"):
+            cmp.compare(rig.worker, cmp.CompareRequest(base=tiny_request(prompt="cube", seed=1), loras=[("styleA", 1)]))
+        assert len(rig.requests) == 2
+        # The failed job left the worker usable.
+        assert rig.worker.txt2img(tiny_request(prompt="cube", seed=1)).result().images
+    finally:
+        rig.worker.shutdown()
 
 
-def test_sweep_renders_the_baseline_once_and_builds_a_labelled_grid(ctx, worker, tmp_path):
-    base = FakeTxt2ImgRequest(prompt="a red cube <lora:charB:0.3>", seed=SEED)
+def test_an_interrupted_comparison_shows_nothing(ctx, rig):
+    def interrupt_before_the_lora_side(done, total, what):
+        if done == 1:
+            rig.worker.interrupt()
+
+    with pytest.raises(cmp.CompareError, match="interrupted"):
+        cmp.compare(ctx, cmp.CompareRequest(base=tiny_request(prompt="cube", seed=1), loras=[("styleA", 1)]),
+                    on_progress=interrupt_before_the_lora_side)
+    assert len(rig.requests) == 2
+
+
+def test_comparison_is_one_worker_job_counting_its_renders(ctx, rig):
+    seen = []
+    cmp.compare(ctx, cmp.CompareRequest(base=tiny_request(prompt="cube", seed=1), loras=[("styleA", 1)]),
+                on_progress=lambda done, total, what: seen.append(rig.worker.progress(with_preview=False)))
+    assert {(state.job, state.job_count) for state in seen} == {("compare", 2)}
+    assert len({state.job_id for state in seen}) == 1
+
+
+def test_sweep_renders_the_baseline_once_and_builds_a_labelled_grid(ctx, rig, tmp_path):
+    base = tiny_request(prompt="a red cube <lora:charB:0.3>", seed=SEED)
     progress = []
     result = cmp.sweep(ctx, cmp.SweepRequest(base=base, weights=[0, 0.5, 1], loras=["styleA", "charB"]),
                        on_progress=lambda done, total, what: progress.append((done, total)))
 
     # 1 baseline + 2 LoRAs x 2 non-zero weights; the baseline is the only request without a tag.
-    assert result.renders == len(worker.requests) == 5
-    untagged = [r for r in worker.requests if "<lora" not in r.prompt]
+    assert result.renders == len(rig.requests) == 5
+    untagged = [r for r in rig.requests if "<lora" not in r.prompt]
     assert len(untagged) == 1
-    assert {r.seed for r in worker.requests} == {SEED}
-    assert sorted(r.prompt for r in worker.requests if "<lora" in r.prompt) == sorted([
+    assert {r.seed for r in rig.requests} == {SEED}
+    assert sorted(r.prompt for r in rig.requests if "<lora" in r.prompt) == sorted([
         "a red cube <lora:styleA:0.5>", "a red cube <lora:styleA:1>",
         "a red cube <lora:charB:0.5>", "a red cube <lora:charB:1>"])
     assert untagged[0].prompt == "a red cube "  # exactly the text every cell encodes
@@ -278,7 +306,7 @@ def test_sweep_renders_the_baseline_once_and_builds_a_labelled_grid(ctx, worker,
     assert not np.array_equal(as_array(result.cells[0][2]), as_array(result.cells[1][2]))
 
     # A cell is the same image a comparison at that weight shows.
-    compared = cmp.compare(ctx, cmp.CompareRequest(base=FakeTxt2ImgRequest(prompt="a red cube", seed=SEED), loras=[("styleA", 1)]))
+    compared = cmp.compare(ctx, cmp.CompareRequest(base=tiny_request(prompt="a red cube", seed=SEED), loras=[("styleA", 1)]))
     assert np.array_equal(as_array(compared.with_lora), as_array(result.cells[0][2]))
 
     saved = cmp.save_png(result.grid, tmp_path / "grid.png", result.infotext)
@@ -288,11 +316,11 @@ def test_sweep_renders_the_baseline_once_and_builds_a_labelled_grid(ctx, worker,
     assert 'X Values: "0, 0.5, 1"' in result.infotext and 'Y Values: "styleA, charB"' in result.infotext
 
 
-def test_sweep_without_zero_renders_no_baseline_and_defaults_to_prompt_loras(ctx, worker):
-    result = cmp.sweep(ctx, cmp.SweepRequest(base=FakeTxt2ImgRequest(prompt="cube <lora:styleA:1>", seed=3), weights=[0.5, 1]))
-    assert result.baseline is None and result.renders == len(worker.requests) == 2
+def test_sweep_without_zero_renders_no_baseline_and_defaults_to_prompt_loras(ctx, rig):
+    result = cmp.sweep(ctx, cmp.SweepRequest(base=tiny_request(prompt="cube <lora:styleA:1>", seed=3), weights=[0.5, 1]))
+    assert result.baseline is None and result.renders == len(rig.requests) == 2
     assert result.loras == ["styleA"]
-    assert all("<lora:styleA:" in r.prompt for r in worker.requests)
+    assert all("<lora:styleA:" in r.prompt for r in rig.requests)
 
 
 @pytest.mark.parametrize("request_kwargs, message", [
@@ -302,9 +330,9 @@ def test_sweep_without_zero_renders_no_baseline_and_defaults_to_prompt_loras(ctx
     (dict(weights=[0.1 * i for i in range(1, 31)], loras=["styleA", "charB", "x3"]), "renders"),
     (dict(weights=[0, float("inf")], loras=["styleA"]), "finite"),
 ])
-def test_sweep_refuses_bad_input_before_rendering(ctx, worker, request_kwargs, message):
+def test_sweep_refuses_bad_input_before_rendering(ctx, rig, request_kwargs, message):
     ctx.library.lora_files["x3"] = ctx.library.lora_files["styleA"]
     with pytest.raises(cmp.CompareError) as info:
-        cmp.sweep(ctx, cmp.SweepRequest(base=FakeTxt2ImgRequest(prompt="cube", seed=1), **request_kwargs))
+        cmp.sweep(ctx, cmp.SweepRequest(base=tiny_request(prompt="cube", seed=1), **request_kwargs))
     assert message in str(info.value)
-    assert worker.requests == []
+    assert rig.requests == []

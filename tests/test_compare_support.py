@@ -1,54 +1,37 @@
 """Shared helpers for the compare tests (no tests here): a tiny kohya LoRA file for the tiny SD1
-pipeline, and a worker stand-in that renders through that pipeline with `<lora:...>` tags applied.
+pipeline, and the real Worker + txt2img.generate around that pipeline, with small stand-ins for the
+library and the LoRA manager (until lora_ui/library and lora_ui/lora/manager.py land).
 
-The stand-in follows the worker contract in docs/ARCHITECTURE.md (`submit(req) -> Future` of a
-Txt2ImgResult-like object with images, infotexts, seeds, warnings, loras). It applies LoRAs by
-adding up @ down * alpha / rank * weight to the UNet's Linear/1x1-conv weights (kohya diffusers
-names) and restores them after each render, which is all these tests need from the engine.
+The LoRA stand-in adds up @ down * alpha / rank * unet weight to the UNet's attention projections
+(kohya diffusers names) and restores the saved weights on every `set_loras`/`clear`.
 """
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_ui.prompt import extract_lora_tags
+from lora_ui.engine import txt2img
+from lora_ui.engine.checkpoints import LoadedModel
+from lora_ui.engine.txt2img import Txt2ImgRequest
+from lora_ui.engine.worker import Worker
+from lora_ui.lora.spec import LoraSpec
 
 IMAGE_SIZE = 32
 STEPS = 3
 
 
-@dataclass
-class FakeTxt2ImgRequest:
-    """The fields of the Txt2ImgRequest contract that rendering uses."""
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    sampler: str = "Euler"
-    scheduler: str = "Automatic"
-    steps: int = STEPS
-    cfg_scale: float = 7.0
-    width: int | None = IMAGE_SIZE
-    height: int | None = IMAGE_SIZE
-    seed: int = -1
-    batch_size: int = 1
-    batch_count: int = 1
-    clip_skip: int = 1
-    save_images: bool = False
+def tiny_request(**fields) -> Txt2ImgRequest:
+    """A request the tiny pipeline renders in a fraction of a second."""
+    defaults = dict(sampler="Euler", steps=STEPS, width=IMAGE_SIZE, height=IMAGE_SIZE, save_images=False)
+    return Txt2ImgRequest(**{**defaults, **fields})
 
 
-@dataclass
-class FakeTxt2ImgResult:
-    images: list
-    infotexts: list[str]
-    seeds: list[int]
-    warnings: list[str] = field(default_factory=list)
-    loras: list[str] = field(default_factory=list)
-    interrupted: bool = False
+def tiny_model(pipe) -> LoadedModel:
+    return LoadedModel(pipe=pipe, arch="sd1", name="tiny-sd1", path=None, default_size=IMAGE_SIZE,
+                       dtype=torch.float32, device=torch.device("cpu"), kind="builtin")
 
 
 def kohya_unet_targets(pipe) -> dict[str, torch.nn.Module]:
@@ -74,68 +57,93 @@ def write_tiny_lora(pipe, path: Path, seed: int, rank: int = 4, std: float = 0.4
     return path
 
 
-class FakeWorker:
-    """Renders synchronously on the caller's thread; records every request it was given."""
+class StandInLoraManager:
+    """set_loras / clear / on_step of the LoraManager contract, for kohya UNet LoRAs only."""
 
-    def __init__(self, pipe, lora_files: dict[str, Path]):
-        self.pipe = pipe
-        self.lora_files = dict(lora_files)
-        self.requests: list[FakeTxt2ImgRequest] = []
-        self._lock = threading.Lock()
+    def __init__(self, pipe):
+        self.targets = kohya_unet_targets(pipe)
+        self.backups: dict[str, torch.Tensor] = {}
 
-    def submit(self, request) -> Future:
-        future: Future = Future()
-        with self._lock:
-            self.requests.append(request)
-            future.set_result(self._render(request))
-        return future
+    def clear(self) -> None:
+        with torch.no_grad():
+            for prefix, weight in self.backups.items():
+                self.targets[prefix].weight.copy_(weight)
+        self.backups.clear()
 
-    def _render(self, request) -> FakeTxt2ImgResult:
-        text, tags, warnings = extract_lora_tags(request.prompt)
-        targets = kohya_unet_targets(self.pipe)
-        backups: dict[str, torch.Tensor] = {}
-        applied: list[str] = []
-        try:
-            for tag in tags:
-                if tag.name not in self.lora_files:
-                    warnings.append(f"unknown LoRA '{tag.name}'")
+    def set_loras(self, specs) -> None:
+        self.clear()
+        for spec in specs:
+            state = load_file(str(spec.path))
+            for prefix, module in self.targets.items():
+                if f"{prefix}.lora_down.weight" not in state:
                     continue
-                applied.append(tag.name)
-                state = load_file(str(self.lora_files[tag.name]))
-                for prefix, module in targets.items():
-                    if f"{prefix}.lora_down.weight" not in state:
-                        continue
-                    down, up = state[f"{prefix}.lora_down.weight"], state[f"{prefix}.lora_up.weight"]
-                    scale = float(state[f"{prefix}.alpha"]) / down.shape[0]
-                    backups.setdefault(prefix, module.weight.detach().clone())
-                    with torch.no_grad():
-                        module.weight += (up @ down).reshape(module.weight.shape) * scale * tag.unet_weight
-            generator = torch.Generator("cpu").manual_seed(int(request.seed))
-            image = self.pipe(
-                prompt=text, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
-                guidance_scale=request.cfg_scale, height=request.height, width=request.width,
-                generator=generator, output_type="pil",
-            ).images[0]
-        finally:
-            with torch.no_grad():
-                for prefix, weight in backups.items():
-                    targets[prefix].weight.copy_(weight)
-        infotext = f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler}, Seed: {request.seed}, Size: {request.width}x{request.height}"
-        return FakeTxt2ImgResult(images=[image], infotexts=[infotext], seeds=[request.seed], warnings=warnings, loras=applied)
+                down, up = state[f"{prefix}.lora_down.weight"], state[f"{prefix}.lora_up.weight"]
+                scale = float(state[f"{prefix}.alpha"]) / down.shape[0]
+                self.backups.setdefault(prefix, module.weight.detach().clone())
+                with torch.no_grad():
+                    module.weight += (up @ down).reshape(module.weight.shape) * scale * spec.unet
+
+    def on_step(self, step: int, total: int) -> None:
+        pass
 
 
-class FakeLibrary:
-    """Only `resolve(name) -> entry | None`, the part compare/sweep use."""
+class StandInLibrary:
+    """resolve / specs_for / entries of the LoraLibrary contract, over a name -> file dict."""
 
     def __init__(self, lora_files: dict[str, Path]):
         self.lora_files = dict(lora_files)
+        self.entries: list = []
 
     def resolve(self, name: str):
         path = self.lora_files.get(name)
         return None if path is None else type("Entry", (), {"name": name, "path": path})()
 
+    def specs_for(self, tags):
+        specs, warnings = [], []
+        for tag in tags:
+            if tag.name in self.lora_files:
+                specs.append(LoraSpec(path=self.lora_files[tag.name], name=tag.name, te=tag.te, unet=tag.unet_weight))
+            else:
+                warnings.append(f"unknown LoRA '{tag.name}': no such file")
+        return specs, warnings
+
+
+class RecordingGenerate:
+    """The real txt2img.generate, recording each request it renders."""
+
+    def __init__(self):
+        self.requests: list[Txt2ImgRequest] = []
+
+    def __call__(self, model, req, **kwargs):
+        self.requests.append(req)
+        return txt2img.generate(model, req, **kwargs)
+
 
 @dataclass
-class FakeContext:
-    worker: FakeWorker
-    library: FakeLibrary
+class Rig:
+    """What a compare test needs: the worker, its library, and the log of renders."""
+
+    worker: Worker
+    library: StandInLibrary
+    generate: RecordingGenerate
+    lora_files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> list[Txt2ImgRequest]:
+        return self.generate.requests
+
+
+@dataclass
+class Context:
+    """The two AppContext attributes compare/sweep read."""
+
+    worker: Worker
+    library: StandInLibrary | None
+
+
+def make_rig(pipe, lora_files: dict[str, Path], with_library: bool = True) -> Rig:
+    library = StandInLibrary(lora_files)
+    generate = RecordingGenerate()
+    worker = Worker(tiny_model(pipe), library=library if with_library else None,
+                    lora_manager_factory=StandInLoraManager, generate=generate)
+    return Rig(worker=worker, library=library, generate=generate, lora_files=dict(lora_files))
