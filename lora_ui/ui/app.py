@@ -1,0 +1,100 @@
+"""`build_ui(ctx) -> gr.Blocks`: the tabs assembled (txt2img with the LoRA browser and the active-LoRA
+sliders, Compare, PNG Info, Settings) and the cross-tab buttons ("send to compare", "send to txt2img").
+
+Gradio 6 takes theme/css/js at `launch()`: webui.py passes `UI_CSS` (and `UI_HEAD` is empty)."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from lora_ui import prompt as prompt_tags
+from lora_ui.ui import core_access as core
+from lora_ui.ui import notify
+from lora_ui.ui.active_loras import build_active_loras
+from lora_ui.ui.lora_browser import BrowserHandlers, ThumbnailCache, build_lora_browser
+from lora_ui.ui.pnginfo_tab import SEND_KEYS, PngInfoHandlers, build_pnginfo_tab
+from lora_ui.ui.settings_tab import build_settings_tab
+from lora_ui.ui.txt2img_tab import build_txt2img_tab
+
+UI_CSS = """
+#txt2img_generate { min-height: 72px; font-size: 1.1em; }
+.active-lora-row { padding: 2px 6px; }
+.lora-row-note { color: #b45309; font-size: 12px; }
+"""
+
+
+def compare_values(prompt: str, negative: str, seed: Any, last_seeds: list[int] | None, ctx: Any,
+                   multiselect: bool) -> tuple[str, str, int, Any]:
+    """txt2img -> compare tab: the prompt without LoRA tags, the negative prompt, the seed of the last
+    image (or the seed box), and the prompt's LoRA(s) by library name. Raises ValueError when the
+    prompt has no LoRA (a compare without a LoRA shows nothing)."""
+    text, tags, _ = prompt_tags.extract_lora_tags(prompt or "")
+    names = []
+    for tag in tags:
+        entry = core.find_entry(ctx, tag.name)
+        names.append(core.entry_name(entry) if entry is not None else tag.name)
+    if not names:
+        raise ValueError("the prompt has no <lora:...> tag: add a LoRA to compare with and without it")
+    chosen_seed = int(last_seeds[0]) if last_seeds else int(seed if seed not in (None, "") else -1)
+    return " ".join(text.split()), negative or "", chosen_seed, (names if multiselect else names[0])
+
+
+def build_ui(ctx: Any) -> gr.Blocks:
+    """The whole web UI for one AppContext. All per-user state lives in gr.State (per session)."""
+    thumbs = ThumbnailCache()
+    with gr.Blocks(title="LoRA UI", analytics_enabled=False) as demo:
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i, place_lora_panes = build_txt2img_tab(ctx)
+
+                def lora_panes() -> None:
+                    with gr.Accordion("Active LoRAs", open=True, elem_id="active_loras"):
+                        build_active_loras(ctx, t2i.prompt)
+                    with gr.Accordion("LoRA", open=True, elem_id="lora_browser"):
+                        build_lora_browser(ctx, t2i.prompt, t2i.last_image, BrowserHandlers(ctx, thumbs))
+
+                place_lora_panes(lora_panes)
+            compare = None
+            with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
+                try:
+                    from lora_ui.ui.compare_tab import build_compare_tab
+                except ImportError:
+                    gr.Markdown("The compare tab is not installed in this build.")
+                else:
+                    compare = build_compare_tab(ctx)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png = build_pnginfo_tab(ctx)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                build_settings_tab(ctx)
+
+        # PNG Info -> txt2img: prompt (LoRAs by hash), then the settings, then switch tabs.
+        targets = t2i.settings_components()
+        png_handlers = PngInfoHandlers(ctx)
+        choices = {"Sampler": list(t2i.sampler.choices_values()) if hasattr(t2i.sampler, "choices_values")
+                   else [c[1] if isinstance(c, tuple) else c for c in t2i.sampler.choices],
+                   "Schedule type": [c[1] if isinstance(c, tuple) else c for c in t2i.schedule.choices]}
+
+        def send_png(text: str):
+            return png_handlers.send(text, choices, []) + [gr.Tabs(selected="txt2img")]
+
+        png.send_to_txt2img.click(send_png, inputs=[png.infotext],
+                                  outputs=[t2i.prompt] + [targets[k] for k in SEND_KEYS] + [tabs])
+
+        if compare is not None:
+            multiselect = bool(getattr(compare.lora, "multiselect", False))
+
+            def send_compare(prompt: str, negative: str, seed: Any, last_seeds: list[int]):
+                try:
+                    values = compare_values(prompt, negative, seed, last_seeds, ctx, multiselect)
+                except ValueError as exc:
+                    notify.warn(f"Not sent to compare: {exc}")
+                    return [gr.update()] * 4 + [gr.update()]
+                return list(values) + [gr.Tabs(selected="compare")]
+
+            t2i.send_to_compare.click(
+                send_compare, inputs=[t2i.prompt, t2i.negative, t2i.seed, t2i.last_seeds],
+                outputs=[compare.prompt, compare.negative_prompt, compare.seed, compare.lora, tabs])
+        else:
+            t2i.send_to_compare.click(lambda: notify.warn("The compare tab is not available in this build."))
+    return demo
