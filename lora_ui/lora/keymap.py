@@ -151,7 +151,7 @@ def build_keymap(pipe) -> KeyMap:
         up_attn = {i: hasattr(block, "attentions") and block.attentions is not None and len(block.attentions) > 0
                    for i, block in enumerate(unet.up_blocks)}
         for path, module in unet.named_modules():
-            if not isinstance(module, PATCHABLE_TYPES):
+            if not isinstance(module, PATCHABLE_TYPES) or module.weight is None:
                 continue
             t = Target(f"unet:{path}", "unet", path, module,
                        _lbw_block(path, layers_per_block, up_attn), _level(path))
@@ -164,7 +164,7 @@ def build_keymap(pipe) -> KeyMap:
         if te is None:
             continue
         for path, module in te.named_modules():
-            if not isinstance(module, PATCHABLE_TYPES):
+            if not isinstance(module, PATCHABLE_TYPES) or module.weight is None:
                 continue
             t = Target(f"{component}:{path}", component, path, module, "BASE", level)
             targets[t.id] = t

@@ -1,0 +1,248 @@
+"""Per-instance forward patching of the pipeline's layers. Base parameters are never written.
+
+A patched layer gets an instance attribute ``forward`` (shadowing its class's method, on that one
+module only; torch classes are never touched). Unpatching deletes the attribute, so the module is
+exactly as before: same parameters (never written), same forward.
+
+Two execution modes per layer:
+- fast: a shadow weight ``W + Σ m·ΔW`` computed in fp32 and rounded once to the model dtype; the
+  forward calls F.linear / conv / norm with it, so a step costs what a base step costs. Contributions
+  are stacked in order, each ΔW computed against the weight already holding the earlier ones.
+- low-memory: for plain LoRA the branch ``scale·m·up(down(x))`` is added in forward (no W-sized
+  copy); a layer with any other type (or DoRA) falls back to a shadow weight for that layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FAST = "fast"
+LOWMEM = "lowmem"
+_MISSING = object()
+
+
+@dataclass(frozen=True, eq=False)
+class Contribution:
+    """One LoRA's network module on one layer, with its effective multiplier (te/unet weight x
+    block weight) and dyn. `source` identifies the parsed file (a cache entry), for change detection."""
+
+    source: object
+    module: object  # NetworkModule
+    multiplier: float
+    dyn: int | None
+
+    def signature(self) -> tuple:
+        return (id(self.source), id(self.module), float(self.multiplier), self.dyn)
+
+
+def _fp32_branch_factors(module, dyn, multiplier: float, dtype: torch.dtype, device) -> tuple | None:
+    """(down, mid, up_scaled) in the model dtype for a forward-time branch, or None if not plain LoRA."""
+    factors = module.low_rank_factors(dyn)
+    if factors is None:
+        return None
+    # The scale and multiplier ride on `up` (out x r): computed in fp32, rounded once.
+    up = (factors.up.to(device=device, dtype=torch.float32) * (factors.scale * multiplier)).to(dtype)
+    down = factors.down.to(device=device, dtype=dtype)
+    mid = None if factors.mid is None else factors.mid.to(device=device, dtype=dtype)
+    return down, mid, up
+
+
+class LayerPatch:
+    """The state of one patched module: its contributions and either a shadow weight or branches."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.signature: tuple = ()
+        self.shadow_weight: Tensor | None = None
+        self.shadow_bias: Tensor | None = None
+        self.branches: list[tuple[Tensor, Tensor | None, Tensor]] = []
+        self.mode = FAST
+        self._previous_forward = _MISSING  # an instance forward someone else set before us
+
+    # ---- building ------------------------------------------------------------------------------
+
+    def build(self, contributions: list[Contribution], mode: str) -> None:
+        """Compute the new state (shadow or branches) without installing it. Raises on bad math."""
+        weight = self.module.weight
+        branches = []
+        if mode == LOWMEM:
+            for c in contributions:
+                b = _fp32_branch_factors(c.module, c.dyn, c.multiplier, weight.dtype, weight.device)
+                if b is None:
+                    branches = None
+                    break
+                branches.append(b)
+        if mode == LOWMEM and branches is not None:
+            self.shadow_weight, self.shadow_bias, self.branches, self.mode = None, None, branches, LOWMEM
+        else:
+            self.shadow_weight, self.shadow_bias = shadow_weights(self.module, contributions)
+            self.branches, self.mode = [], FAST
+        self.signature = tuple(c.signature() for c in contributions) + (mode,)
+
+    # ---- forward -------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        module = self.module
+        self._previous_forward = module.__dict__.get("forward", _MISSING)
+        if self.mode == FAST:
+            forward = _shadow_forward(module, self)
+        else:
+            base = self._previous_forward if self._previous_forward is not _MISSING else type(module).forward.__get__(module)
+            forward = _branch_forward(module, self, base)
+        module.forward = forward  # instance attribute: this module only
+
+    def uninstall(self) -> None:
+        if self._previous_forward is _MISSING:
+            self.module.__dict__.pop("forward", None)
+        else:
+            self.module.forward = self._previous_forward
+        self._previous_forward = _MISSING
+        self.shadow_weight = self.shadow_bias = None
+        self.branches = []
+        self.signature = ()
+
+
+def shadow_weights(module: nn.Module, contributions: list[Contribution]) -> tuple[Tensor, Tensor | None]:
+    """(W', b') = the layer's weight/bias with all contributions stacked in order, fp32 math,
+    rounded once to the weight's dtype. b' is None when no contribution changes the bias."""
+    weight = module.weight.detach()
+    bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
+    current: Tensor | None = None  # fp32 accumulator, created lazily by the first contribution
+    bias32: Tensor | None = None
+    for c in contributions:
+        factors = c.module.low_rank_factors(c.dyn)
+        if factors is not None and factors.mid is None:
+            # Plain LoRA: one addmm pass (W + s·m·up@down), no W-sized ΔW temporary.
+            up = factors.up.reshape(factors.up.shape[0], -1).to(device=weight.device, dtype=torch.float32)
+            down = factors.down.reshape(factors.down.shape[0], -1).to(device=weight.device, dtype=torch.float32)
+            alpha = factors.scale * c.multiplier
+            if current is None:
+                base = weight.reshape(weight.shape[0], -1)
+                current = torch.addmm(base.float() if base.dtype != torch.float32 else base, up, down, alpha=alpha)
+                current = current.reshape(weight.shape)
+            else:
+                current.view(weight.shape[0], -1).addmm_(up, down, alpha=alpha)
+            continue
+        orig = weight if current is None else current
+        delta_w, delta_b = c.module.delta(orig, c.multiplier, c.dyn)
+        if current is None:
+            current = weight.float() if weight.dtype != torch.float32 else weight.clone()
+        current += delta_w.reshape(weight.shape)
+        if delta_b is not None:
+            if bias is None:
+                raise ValueError("the network changes a bias but the layer has none")
+            if bias32 is None:
+                bias32 = bias.float().clone()
+            bias32 += delta_b.reshape(bias32.shape)
+    if current is None:  # no contributions: the base weight itself (never written)
+        return weight, None
+    new_bias = None if bias32 is None else bias32.to(bias.dtype)
+    return current.to(weight.dtype), new_bias
+
+
+def _shadow_forward(module: nn.Module, patch: LayerPatch):
+    """A forward computing the layer with the shadow weight (same op as the class forward)."""
+    def bias_of():
+        return patch.shadow_bias if patch.shadow_bias is not None else module.bias
+
+    if isinstance(module, nn.Linear):
+        def forward(x: Tensor) -> Tensor:
+            return F.linear(x, patch.shadow_weight, bias_of())
+    elif isinstance(module, nn.Conv2d):
+        def forward(x: Tensor) -> Tensor:
+            return module._conv_forward(x, patch.shadow_weight, bias_of())
+    elif isinstance(module, nn.GroupNorm):
+        def forward(x: Tensor) -> Tensor:
+            return F.group_norm(x, module.num_groups, patch.shadow_weight, bias_of(), module.eps)
+    elif isinstance(module, nn.LayerNorm):
+        def forward(x: Tensor) -> Tensor:
+            return F.layer_norm(x, module.normalized_shape, patch.shadow_weight, bias_of(), module.eps)
+    else:
+        raise TypeError(f"cannot patch a {type(module).__name__}")
+    return forward
+
+
+def _branch_forward(module: nn.Module, patch: LayerPatch, base_forward):
+    """A forward adding Σ up(mid(down(x))) to the layer's own output (plain LoRA, low-memory mode)."""
+    if isinstance(module, nn.Linear):
+        def forward(x: Tensor) -> Tensor:
+            out = base_forward(x)
+            for down, _mid, up in patch.branches:
+                out = out + F.linear(F.linear(x, down), up)
+            return out
+    elif isinstance(module, nn.Conv2d):
+        def forward(x: Tensor) -> Tensor:
+            out = base_forward(x)
+            for down, mid, up in patch.branches:
+                if mid is None:
+                    # down carries the layer's kernel (or is 1x1 on a 1x1 layer): same geometry.
+                    h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)
+                else:
+                    h = F.conv2d(x, down)
+                    h = F.conv2d(h, mid, None, module.stride, module.padding, module.dilation)
+                out = out + F.conv2d(h, up)
+            return out
+    else:
+        raise TypeError(f"low-memory branches patch Linear/Conv2d, not {type(module).__name__}")
+    return forward
+
+
+class LayerBuildError(Exception):
+    """Computing a layer's new weights failed (shape/dtype problem in a network module)."""
+
+    def __init__(self, target_id: str, contributions: list[Contribution], cause: Exception):
+        super().__init__(f"{target_id}: {type(cause).__name__}: {cause}")
+        self.target_id = target_id
+        self.contributions = contributions
+        self.cause = cause
+
+
+class Patcher:
+    """All patched layers of one pipeline, keyed by target id."""
+
+    def __init__(self):
+        self.layers: dict[str, LayerPatch] = {}
+
+    def plan(self, wanted: dict[str, tuple[nn.Module, list[Contribution]]], mode: str) -> dict[str, LayerPatch | None]:
+        """Build the new state of every layer whose contributions changed, without touching any
+        module. Returns target id -> built LayerPatch (to install) or None (to unpatch).
+        Raises whatever the math raises; nothing is installed then."""
+        changes: dict[str, LayerPatch | None] = {}
+        for target_id, (module, contributions) in wanted.items():
+            signature = tuple(c.signature() for c in contributions) + (mode,)
+            current = self.layers.get(target_id)
+            if current is not None and current.signature == signature:
+                continue
+            patch = LayerPatch(module)
+            try:
+                patch.build(contributions, mode)
+            except Exception as e:  # noqa: BLE001 - re-raised with the layer and its sources named
+                raise LayerBuildError(target_id, contributions, e) from e
+            changes[target_id] = patch
+        for target_id in self.layers:
+            if target_id not in wanted:
+                changes[target_id] = None
+        return changes
+
+    def commit(self, changes: dict[str, LayerPatch | None]) -> None:
+        """Install planned changes (cannot fail: only forward attributes are set/removed)."""
+        for target_id, patch in changes.items():
+            old = self.layers.pop(target_id, None)
+            if old is not None:
+                old.uninstall()
+            if patch is not None:
+                patch.install()
+                self.layers[target_id] = patch
+
+    def clear(self) -> None:
+        for patch in self.layers.values():
+            patch.uninstall()
+        self.layers.clear()
+
+    @property
+    def shadow_bytes(self) -> int:
+        return sum(p.shadow_weight.numel() * p.shadow_weight.element_size()
+                   for p in self.layers.values() if p.shadow_weight is not None)
