@@ -1,0 +1,601 @@
+"""`/sdapi/v1/*`: A1111's REST API over the app's core, plus the project's own compare and sweep.
+
+Every render goes through `ctx.worker` (the one owner of the model). Handlers are plain `def`
+functions, so FastAPI runs them in its thread pool and a request waiting for its render never blocks
+the event loop (progress and interrupt answer while a render runs). Bad input is refused before
+anything is queued, with a 422 JSON body naming the field; the worker and the model stay untouched.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from lora_ui.api import models as m
+from lora_ui.api.errors import ApiError, ApiErrors, ApiRoute
+
+PREFIX = "/sdapi/v1"
+MAX_CLIP_SKIP = 12
+MAX_IMAGE_BASE64_CHARS = 64 * 1024 * 1024  # png-info: refuse bodies that cannot be a sane image
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Caps on what one API request may ask for (the engine has its own, wider, hard limits).
+
+    From Settings when it has the attribute (`api_max_size`, `api_max_steps`, `api_max_batch_size`,
+    `api_max_batch_count`), else these defaults."""
+
+    max_size: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ApiLimits":
+        values = {}
+        for name in ("max_size", "max_steps", "max_batch_size", "max_batch_count"):
+            value = getattr(settings, f"api_{name}", None) if settings is not None else None
+            if value is not None:
+                values[name] = int(value)
+        return cls(**values)
+
+
+class SdApi:
+    """The API's handlers, bound to one AppContext (settings, models, library, worker).
+
+    `clip_skip` is the API's default for requests without CLIP_stop_at_last_layers (POST /options)."""
+
+    def __init__(self, ctx: Any, limits: ApiLimits) -> None:
+        self.ctx = ctx
+        self.limits = limits
+        self.clip_skip = int(getattr(getattr(ctx, "settings", None), "clip_skip", 1) or 1)
+
+    # ------------------------------------------------------------------ validation helpers
+    def _check_lora_names(self, names: list[str], field: str) -> list[ApiError]:
+        """Names must be plain names in the library: never paths that could leave the LoRA folders."""
+        errors = []
+        library = getattr(self.ctx, "library", None)
+        for name in names:
+            if _looks_like_path(name):
+                errors.append(ApiError(field, f"LoRA name {name!r} must be a plain name (no '/', '\\', '..' "
+                                              "or absolute path); use the name GET /sdapi/v1/loras lists"))
+            elif library is None:
+                errors.append(ApiError(field, f"LoRA {name!r} asked for, but no LoRA folder is configured"))
+            elif library.resolve(name) is None:
+                known = sorted(e.name for e in getattr(library, "entries", []))
+                shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+                errors.append(ApiError(field, f"unknown LoRA {name!r}; known LoRAs: {shown or 'none'} "
+                                              "(POST /sdapi/v1/refresh-loras after adding files)"))
+        return errors
+
+    def _check_checkpoint(self, ref: Any, field: str) -> str:
+        from lora_ui.engine.checkpoints import CheckpointError
+
+        if not isinstance(ref, str) or not ref.strip():
+            raise ApiError(field, f"must be a checkpoint title or name (GET /sdapi/v1/sd-models), got {ref!r}")
+        try:
+            self.ctx.models.resolve(ref)
+        except CheckpointError as exc:
+            raise ApiError(field, str(exc)) from None
+        return ref
+
+    def _is_current_checkpoint(self, ref: str) -> bool:
+        current = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
+        if current is None:
+            return False
+        if ref in {current.title, current.name, current.filename}:
+            return True
+        try:
+            path = self.ctx.models.resolve(ref)
+        except Exception:  # noqa: BLE001 - an unresolvable ref is simply not the current model
+            return False
+        return path is not None and current.path is not None and path.resolve() == current.path.resolve()
+
+    def _clip_skip_override(self, overrides: dict[str, Any]) -> int | None:
+        if "CLIP_stop_at_last_layers" not in overrides:
+            return None
+        value = overrides["CLIP_stop_at_last_layers"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
+                or not 1 <= int(value) <= MAX_CLIP_SKIP:
+            raise ApiError("override_settings.CLIP_stop_at_last_layers",
+                           f"must be a whole number from 1 to {MAX_CLIP_SKIP}, got {value!r}")
+        return int(value)
+
+    def build_request(self, body: m.Txt2ImgBody, extra_lora_names: list[str] = ()) -> tuple[Any, str | None, list]:
+        """Body -> (Txt2ImgRequest, checkpoint to render with or None, warnings). Raises ApiErrors."""
+        from lora_ui.engine import samplers
+        from lora_ui.engine.txt2img import Txt2ImgRequest
+        from lora_ui.prompt import extract_lora_tags
+
+        limits = self.limits
+        errors: list[ApiError] = []
+
+        def int_range(field: str, value: int | None, low: int, high: int) -> None:
+            if value is not None and not low <= value <= high:
+                errors.append(ApiError(field, f"must be between {low} and {high}, got {value}"))
+
+        for field in ("width", "height"):
+            value = getattr(body, field)
+            int_range(field, value, 16, limits.max_size)
+            if value is not None and 16 <= value <= limits.max_size and value % 8:
+                errors.append(ApiError(field, f"{value} is not a multiple of 8"))
+        int_range("steps", body.steps, 1, limits.max_steps)
+        int_range("batch_size", body.batch_size, 1, limits.max_batch_size)
+        int_range("n_iter", body.n_iter, 1, limits.max_batch_count)
+        if body.seed < -1 or body.seed > 2**32 - 1:
+            errors.append(ApiError("seed", f"must be -1 (random) or 0 to {2**32 - 1}, got {body.seed}"))
+        if not math.isfinite(body.cfg_scale) or not 0 <= body.cfg_scale <= 30:
+            errors.append(ApiError("cfg_scale", f"must be a number from 0 to 30, got {body.cfg_scale}"))
+        sampler_field = "sampler_name" if body.sampler_name is not None else "sampler_index"
+        sampler = body.sampler_name or body.sampler_index or "Euler a"
+        scheduler = body.scheduler or "Automatic"
+        try:
+            sampler = samplers.resolve_sampler(sampler).name
+        except samplers.SamplerError as exc:
+            errors.append(ApiError(sampler_field, str(exc)))
+        try:
+            scheduler = samplers.resolve_schedule(scheduler)
+        except samplers.SamplerError as exc:
+            errors.append(ApiError("scheduler", str(exc)))
+
+        _, tags, warnings = extract_lora_tags(body.prompt)
+        errors += self._check_lora_names([t.name for t in tags], "prompt")
+        errors += self._check_lora_names(list(extra_lora_names), "loras")
+
+        overrides = body.override_settings or {}
+        checkpoint = None
+        clip_skip = self.clip_skip
+        try:
+            override_clip = self._clip_skip_override(overrides)
+            if override_clip is not None:
+                clip_skip = override_clip
+        except ApiError as exc:
+            errors.append(exc)
+        if "sd_model_checkpoint" in overrides:
+            try:
+                ref = self._check_checkpoint(overrides["sd_model_checkpoint"], "override_settings.sd_model_checkpoint")
+                checkpoint = None if self._is_current_checkpoint(ref) else ref
+            except ApiError as exc:
+                errors.append(exc)
+        if errors:
+            raise ApiErrors(errors)
+        request = Txt2ImgRequest(
+            prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, scheduler=scheduler,
+            steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
+            batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+            save_images=body.save_images,
+        )
+        return request, checkpoint, list(warnings)
+
+    # ------------------------------------------------------------------ txt2img
+    def txt2img(self, body: m.Txt2ImgBody) -> dict[str, Any]:
+        req, checkpoint, _ = self.build_request(body)
+        restore = body.override_settings_restore_afterwards
+
+        def job(session):
+            previous = session.model
+            if checkpoint is not None:
+                session.switch_model(checkpoint)
+            try:
+                return session.txt2img(req), session.model
+            finally:
+                if checkpoint is not None and restore:
+                    session.switch_model(str(previous.path) if previous.path is not None else None)
+
+        started = time.time()
+        result, model = _await_render(self.ctx.worker.submit(job, kind="txt2img", job_count=req.batch_count))
+        images = [_png_base64(image, text) for image, text in zip(result.images, result.infotexts)]
+        n = len(result.images)
+        width, height = result.images[0].size if result.images else (req.width, req.height)
+        info = {
+            "prompt": req.prompt,
+            "all_prompts": [req.prompt] * n,
+            "negative_prompt": req.negative_prompt,
+            "all_negative_prompts": [req.negative_prompt] * n,
+            "seed": result.seeds[0] if result.seeds else req.seed,
+            "all_seeds": list(result.seeds),
+            "subseed": -1,
+            "all_subseeds": [-1] * n,
+            "subseed_strength": 0,
+            "width": width,
+            "height": height,
+            "sampler_name": req.sampler,
+            "scheduler": req.scheduler,
+            "cfg_scale": req.cfg_scale,
+            "steps": req.steps,
+            "batch_size": req.batch_size,
+            "n_iter": req.batch_count,
+            "clip_skip": req.clip_skip,
+            "sd_model_name": model.name,
+            "sd_model_hash": model.short_hash,
+            "index_of_first_image": 0,
+            "infotexts": list(result.infotexts),
+            "styles": [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
+            "extra_generation_params": {},
+            "loras": [{"name": s.name, "te": s.te, "unet": s.unet} for s in result.loras],
+            "warnings": list(result.warnings),
+            "interrupted": bool(getattr(result, "interrupted", False)),
+            "saved_paths": [str(p) for p in result.saved_paths],
+        }
+        return {"images": images if body.send_images else [], "parameters": body.model_dump(),
+                "info": json.dumps(info)}
+
+    # ------------------------------------------------------------------ compare / sweep
+    def compare(self, body: m.CompareBody) -> dict[str, Any]:
+        from lora_ui import compare as core
+
+        req, checkpoint, _ = self.build_request(body, [lw.name for lw in body.loras])
+        if checkpoint is not None:
+            raise ApiError("override_settings.sd_model_checkpoint",
+                           "compare renders with the loaded model; switch it first with POST /sdapi/v1/options")
+        if not 0 <= body.change_threshold <= 254:
+            raise ApiError("change_threshold", f"must be from 0 to 254, got {body.change_threshold}")
+        req = _single(req)
+        try:
+            result = core.compare(self.ctx, core.CompareRequest(
+                base=req, loras=[(lw.name, lw.weight) for lw in body.loras], change_threshold=body.change_threshold))
+        except core.CompareError as exc:
+            raise ApiError("loras", str(exc)) from None
+        return {
+            "without": _png_base64(result.without, result.without_infotext),
+            "with_lora": _png_base64(result.with_lora, result.with_infotext),
+            "heatmap": _png_base64(result.heatmap, None),
+            "mean_abs_diff": result.stats.mean_abs_diff,
+            "changed_share": result.stats.changed_share,
+            "max_abs_diff": result.stats.max_abs_diff,
+            "threshold": result.stats.threshold,
+            "seed": result.seed,
+            "without_prompt": result.without_prompt,
+            "with_prompt": result.with_prompt,
+            "infotexts": [result.without_infotext, result.with_infotext],
+            "warnings": list(result.warnings),
+        }
+
+    def sweep(self, body: m.SweepBody) -> dict[str, Any]:
+        from lora_ui import compare as core
+
+        req, checkpoint, _ = self.build_request(body, list(body.loras))
+        if checkpoint is not None:
+            raise ApiError("override_settings.sd_model_checkpoint",
+                           "sweep renders with the loaded model; switch it first with POST /sdapi/v1/options")
+        try:
+            weights = core.parse_weight_list(body.weights) if isinstance(body.weights, str) else list(body.weights)
+        except core.CompareError as exc:
+            raise ApiError("weights", str(exc)) from None
+        try:
+            result = core.sweep(self.ctx, core.SweepRequest(base=_single(req), weights=weights, loras=list(body.loras)))
+        except core.CompareError as exc:
+            raise ApiError("weights" if "weight" in str(exc).lower() else "loras", str(exc)) from None
+        return {"grid": _png_base64(result.grid, result.infotext), "weights": list(result.weights),
+                "loras": list(result.loras), "seed": result.seed, "renders": result.renders,
+                "infotext": result.infotext}
+
+    # ------------------------------------------------------------------ listings and options
+    def loras(self) -> list[dict[str, Any]]:
+        library = getattr(self.ctx, "library", None)
+        if library is None:
+            return []
+        return [{"name": e.name, "alias": e.alias or e.name, "path": str(e.path),
+                 "metadata": _jsonable(getattr(e, "metadata", {}) or {})} for e in library.entries]
+
+    def refresh_loras(self) -> None:
+        library = getattr(self.ctx, "library", None)
+        if library is not None:
+            library.refresh()
+
+    def sd_models(self) -> list[dict[str, Any]]:
+        return [{"title": c.title, "model_name": c.model_name, "hash": c.short_hash, "sha256": None,
+                 "filename": str(c.path), "config": None} for c in self.ctx.models.list()]
+
+    def options(self) -> dict[str, Any]:
+        current = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
+        settings = getattr(self.ctx, "settings", None)
+        return {
+            "sd_model_checkpoint": current.title if current is not None else None,
+            "sd_checkpoint_hash": current.short_hash if current is not None else None,
+            "CLIP_stop_at_last_layers": self.clip_skip,
+            "samples_save": True,
+            "samples_format": "png",
+            "outdir_txt2img_samples": str(getattr(settings, "outputs_dir", "") or ""),
+        }
+
+    def set_options(self, body: dict[str, Any]) -> dict[str, Any]:
+        clip = self._clip_skip_override(body) if "CLIP_stop_at_last_layers" in body else None
+        ref = None
+        if "sd_model_checkpoint" in body:
+            ref = self._check_checkpoint(body["sd_model_checkpoint"], "sd_model_checkpoint")
+        if clip is not None:
+            self.clip_skip = clip
+        if ref is not None and not self._is_current_checkpoint(ref):
+            from lora_ui.engine.checkpoints import CheckpointError
+
+            try:
+                self.ctx.worker.switch_model(ref).result()
+            except CheckpointError as exc:
+                raise ApiError("sd_model_checkpoint", str(exc)) from None
+        known = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
+        return {"updated": sorted(k for k in body if k in known), "ignored": sorted(k for k in body if k not in known)}
+
+    def progress(self, skip_current_image: bool) -> dict[str, Any]:
+        state = self.ctx.worker.progress(with_preview=not skip_current_image)
+        started = state.job_started_at
+        return {
+            "progress": state.progress,
+            "eta_relative": state.eta_relative,
+            "state": {
+                "skipped": state.skipped, "interrupted": state.interrupted, "stopping_generation": False,
+                "job": state.job, "job_count": state.job_count if state.active else 0,
+                "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)) if started else "0",
+                "job_no": state.job_no, "sampling_step": state.sampling_step,
+                "sampling_steps": state.sampling_steps,
+            },
+            "current_image": base64.b64encode(state.preview_png).decode("ascii") if state.preview_png else None,
+            "textinfo": state.textinfo or None,
+            "current_task": state.job_id,
+        }
+
+    def png_info(self, body: m.PngInfoBody) -> dict[str, Any]:
+        from PIL import Image
+
+        from lora_ui.infotext import InfotextError, parse_infotext, read_infotext
+
+        image = decode_base64_image(body.image, "image")
+        try:
+            text = read_infotext(image) or ""
+        except InfotextError as exc:
+            raise ApiError("image", str(exc)) from None
+        items = {k: _jsonable(v) for k, v in (image.info or {}).items()
+                 if k not in ("parameters", "exif", "icc_profile", "dpi", "transparency") and isinstance(k, str)}
+        assert isinstance(image, Image.Image)
+        return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
+    def memory(self) -> dict[str, Any]:
+        import torch
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * page
+        free = os.sysconf("SC_AVPHYS_PAGES") * page
+        rss = _process_rss()
+        ram = {"free": free, "used": total - free, "total": total, "process_rss": rss}
+        if torch.cuda.is_available():
+            cuda_free, cuda_total = torch.cuda.mem_get_info()
+            cuda: dict[str, Any] = {
+                "system": {"free": cuda_free, "used": cuda_total - cuda_free, "total": cuda_total},
+                "allocated": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()},
+                "reserved": {"current": torch.cuda.memory_reserved(), "peak": torch.cuda.max_memory_reserved()},
+            }
+        else:
+            cuda = {"error": "CUDA is not available on this machine"}
+        return {"ram": ram, "cuda": cuda}
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _looks_like_path(name: str) -> bool:
+    return ("/" in name or "\\" in name or ".." in name or PurePosixPath(name).is_absolute()
+            or PureWindowsPath(name).is_absolute() or bool(PureWindowsPath(name).drive) or "\x00" in name)
+
+
+def _single(req: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(req, batch_size=1, batch_count=1)
+
+
+def _await_render(future: Any) -> Any:
+    """Wait for a worker job; engine errors caused by the request become 422 naming the field."""
+    from lora_ui.engine.checkpoints import CheckpointError
+    from lora_ui.engine.txt2img import RequestError
+    from lora_ui.lora.spec import LoraError
+
+    try:
+        return future.result()
+    except RequestError as exc:
+        raise ApiError(_API_FIELD.get(exc.field, exc.field), str(exc).split(": ", 1)[-1]) from None
+    except LoraError as exc:
+        raise ApiError("prompt", str(exc)) from None
+    except CheckpointError as exc:
+        raise ApiError("override_settings.sd_model_checkpoint", str(exc)) from None
+
+
+_API_FIELD = {"sampler": "sampler_name", "batch_count": "n_iter", "clip_skip": "override_settings.CLIP_stop_at_last_layers"}
+
+
+def _png_base64(image: Any, infotext: str | None) -> str:
+    from lora_ui.infotext import png_info_with_infotext
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=png_info_with_infotext(infotext) if infotext else None)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_base64_image(data: str, field: str):
+    """base64 (optionally a data: URL) -> a loaded PIL image; ApiError naming `field` otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > MAX_IMAGE_BASE64_CHARS:
+        raise ApiError(field, f"is {len(data)} characters; at most {MAX_IMAGE_BASE64_CHARS} are accepted")
+    text = data.strip()
+    if text.startswith("data:"):
+        text = text.split(",", 1)[1] if "," in text else ""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(field, "is not valid base64") from None
+    if not raw:
+        raise ApiError(field, "is empty")
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ApiError(field, f"is base64 but not a readable image ({type(exc).__name__})") from None
+    return image
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _process_rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---------------------------------------------------------------------------------------- wiring
+def _auth_dependency(auth: list[tuple[str, str]] | None):
+    basic = HTTPBasic(auto_error=False)
+
+    def check(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if not auth:
+            return
+        if credentials is not None:
+            for user, password in auth:
+                user_ok = secrets.compare_digest(credentials.username.encode(), user.encode())
+                password_ok = secrets.compare_digest(credentials.password.encode(), password.encode())
+                if user_ok and password_ok:
+                    return
+        raise HTTPException(status_code=401, detail="Incorrect or missing credentials (HTTP Basic, --api-auth)",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits | None = None) -> APIRouter:
+    api = SdApi(ctx, limits or ApiLimits.from_settings(getattr(ctx, "settings", None)))
+    router = APIRouter(prefix=PREFIX, route_class=ApiRoute, dependencies=[Depends(_auth_dependency(auth))])
+    a1111 = ["A1111-compatible"]
+    own = ["LoRA UI"]
+
+    @router.post("/txt2img", response_model=m.Txt2ImgResponse, tags=a1111)
+    def txt2img(body: m.Txt2ImgBody):
+        """Render; `<lora:name:weight>` tags in the prompt apply LoRAs for this request only."""
+        return api.txt2img(body)
+
+    @router.get("/loras", response_model=list[m.LoraItem], tags=a1111)
+    def loras():
+        return api.loras()
+
+    @router.post("/refresh-loras", tags=a1111)
+    def refresh_loras():
+        return api.refresh_loras()
+
+    @router.get("/sd-models", response_model=list[m.SdModelItem], tags=a1111)
+    def sd_models():
+        return api.sd_models()
+
+    @router.post("/refresh-checkpoints", tags=a1111)
+    def refresh_checkpoints():
+        return None  # checkpoint folders are listed live on every GET /sd-models
+
+    @router.get("/options", tags=a1111)
+    def get_options():
+        return api.options()
+
+    @router.post("/options", tags=a1111)
+    def set_options(body: dict[str, Any]):
+        """`sd_model_checkpoint` switches the model (through the worker, between renders);
+        `CLIP_stop_at_last_layers` sets the default clip skip. Other keys are ignored."""
+        return api.set_options(body)
+
+    @router.get("/samplers", response_model=list[m.SamplerItem], tags=a1111)
+    def samplers():
+        from lora_ui.engine.samplers import SAMPLERS
+
+        return [{"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.options.items()}}
+                for s in SAMPLERS.values()]
+
+    @router.get("/schedulers", response_model=list[m.SchedulerItem], tags=a1111)
+    def schedulers():
+        from lora_ui.engine.samplers import SCHEDULE_NAMES
+
+        return [{"name": n.lower().replace(" ", "_"), "label": n} for n in SCHEDULE_NAMES]
+
+    @router.get("/progress", response_model=m.ProgressResponse, tags=a1111)
+    def progress(skip_current_image: bool = False):
+        return api.progress(skip_current_image)
+
+    @router.post("/interrupt", tags=a1111)
+    def interrupt():
+        ctx.worker.interrupt()
+        return {}
+
+    @router.post("/skip", tags=a1111)
+    def skip():
+        ctx.worker.skip()
+        return {}
+
+    @router.post("/png-info", response_model=m.PngInfoResponse, tags=a1111)
+    def png_info(body: m.PngInfoBody):
+        return api.png_info(body)
+
+    @router.get("/memory", tags=a1111)
+    def memory():
+        return api.memory()
+
+    @router.post("/lora-ui/compare", response_model=m.CompareResponse, tags=own,
+                 summary="Render without and with LoRAs at one seed; difference numbers and heatmap")
+    def compare(body: m.CompareBody):
+        """The same request twice at one fixed seed: once with every LoRA tag removed, once with the
+        prompt's tags plus `loras`. Returns both images, a heatmap of |with - without| and its numbers."""
+        return api.compare(body)
+
+    @router.post("/lora-ui/sweep", response_model=m.SweepResponse, tags=own,
+                 summary="Weight sweep: a labelled grid of LoRA (rows) x weight (columns)")
+    def sweep(body: m.SweepBody):
+        """Renders each LoRA at each weight at one seed (weight 0 = the shared baseline, rendered once)
+        and returns the labelled grid PNG (infotext embedded)."""
+        return api.sweep(body)
+
+    @router.get("/openapi.json", include_in_schema=False)
+    def openapi_json():
+        return get_openapi(title="LoRA UI API", version="1", routes=router.routes,
+                           description="A1111-compatible /sdapi/v1 endpoints and LoRA UI's own compare/sweep.")
+
+    @router.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs():
+        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="LoRA UI API")
+
+    return router
+
+
+def create_api(app: FastAPI, ctx: Any, auth: list[tuple[str, str]] | None = None,
+               limits: ApiLimits | None = None) -> None:
+    """Add the `/sdapi/v1/*` routes to `app` (the FastAPI app gradio serves, or any FastAPI app).
+
+    auth: HTTP Basic (user, password) pairs (`--api-auth`); None or empty -> no authentication.
+    Our routes are moved to the front of the app's route list, so a catch-all route the app may
+    already have (gradio's) cannot shadow them."""
+    router = build_router(ctx, auth, limits)
+    before = list(app.router.routes)
+    app.include_router(router)
+    added = [r for r in app.router.routes if r not in before]
+    app.router.routes[:] = added + before
+    app.openapi_schema = None  # regenerate the app's own schema (if it has one) with our routes
