@@ -1,0 +1,288 @@
+"""What a LoRA file is, from its safetensors header alone: architecture, network type, rank, metadata.
+
+No tensor is read and torch is not imported: listing thousands of files stays fast.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from lora_ui.safetensors_header import SafetensorsHeader, TensorInfo
+
+__all__ = ["FileSummary", "summarize_header", "decode_metadata", "tag_frequency", "detect_arch",
+           "split_key", "ARCHES", "NETWORK_TYPE_NAMES"]
+
+ARCHES = ("SD1", "SD2", "SDXL", "Unknown")
+NETWORK_TYPE_NAMES = ("LoRA", "LoCon", "DoRA", "LoHa", "LoKr", "IA3", "Full", "Norm", "GLoRA", "OFT", "BOFT",
+                      "Unknown")
+
+# Network part names (everything after the module prefix). Longest first for dotted (PEFT) keys.
+_PARTS = (
+    "lora_magnitude_vector.weight", "lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_A.weight",
+    "lora_B.weight", "lora.up.weight", "lora.down.weight", "lora_magnitude_vector", "dora_scale", "alpha",
+    "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1_a", "lokr_w1_b",
+    "lokr_w2_a", "lokr_w2_b", "lokr_w1", "lokr_w2", "lokr_t2", "on_input", "diff_b", "diff", "w_norm", "b_norm",
+    "a1.weight", "a2.weight", "b1.weight", "b2.weight", "oft_blocks", "oft_diag", "rescale", "scale", "bias",
+    "weight",
+)
+_DOTTED_SUFFIXES = tuple("." + p for p in _PARTS)
+_KOHYA_PREFIXES = ("lora_", "lycoris_", "oft_", "lora_te", "lokr_", "loha_")
+_LORA_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight")
+_LORA_UP = ("lora_up.weight", "lora_B.weight", "lora.up.weight")
+_CONV_MODULE = re.compile(
+    r"(resnets|in_layers|out_layers|emb_layers|skip_connection|downsamplers|upsamplers|conv_in|conv_out"
+    r"|conv_shortcut|time_emb_proj|conv1|conv2|[._]op$|_\d+_conv$|\.conv$)")
+_TE_MODULE = re.compile(r"^(lora_te|lycoris_te|text_encoder|te_|te1|te2|lora_te1|lora_te2|oft_te)")
+_SDXL_LDM_NAME = re.compile(r"(input_blocks|output_blocks|middle_block)")
+_SD1_LDM_LEVEL0_ATTN = re.compile(r"input_blocks_[12]_1_|input_blocks\.[12]\.1\.")
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(module prefix, network part). Kohya keys split at the first dot; dotted PEFT/diffusers keys at
+    the longest known part suffix. Unknown layouts give (key, "")."""
+    if key.startswith(_KOHYA_PREFIXES):
+        module, _, part = key.partition(".")
+        return module, part
+    for suffix in _DOTTED_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix[1:]
+    return key, ""
+
+
+@dataclass
+class FileSummary:
+    """Everything the listing needs from one header (cached on disk as a plain dict)."""
+
+    alias: str | None
+    arch: str
+    network_type: str
+    rank: int | None
+    conv_rank: int | None
+    alpha: float | None
+    dora: bool
+    module_count: int
+    te_modules: int
+    unet_modules: int
+    embeddings: int
+    unmatched_keys: int
+    has_metadata: bool
+    sshs_model_hash: str | None
+    base_model_name: str | None
+    cover_image: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FileSummary":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def _module_type(parts: Mapping[str, TensorInfo], module: str) -> tuple[str, int | None, bool]:
+    """(type, rank, is_conv) for one module's parts."""
+    names = parts.keys()
+    down = next((parts[p] for p in _LORA_DOWN if p in names), None)
+    if down is not None or any(p in names for p in _LORA_UP):
+        rank = down.shape[0] if down is not None and down.shape else None
+        is_conv = ("lora_mid.weight" in names
+                   or (down is not None and len(down.shape) == 4 and down.shape[2] * down.shape[3] > 1)
+                   or bool(_CONV_MODULE.search(module)))
+        return "LoRA", rank, is_conv
+    if "hada_w1_a" in names:
+        w1b = parts.get("hada_w1_b")
+        return "LoHa", (w1b.shape[0] if w1b is not None and w1b.shape else None), False
+    if "lokr_w1" in names or "lokr_w1_a" in names:
+        for p in ("lokr_w2_b", "lokr_w1_b"):
+            if p in names and parts[p].shape:
+                return "LoKr", parts[p].shape[0], False
+        return "LoKr", None, False
+    if "weight" in names and not any(p in names for p in ("diff", "w_norm")):
+        return "IA3", None, False
+    if "diff" in names:
+        return "Full", None, False
+    if "w_norm" in names or "b_norm" in names:
+        return "Norm", None, False
+    if "a1.weight" in names:
+        a1 = parts["a1.weight"]
+        return "GLoRA", (a1.shape[0] if a1.shape else None), False
+    blocks = parts.get("oft_blocks") or parts.get("oft_diag")
+    if blocks is not None:
+        if "oft_blocks" in names and len(blocks.shape) == 4:
+            return "BOFT", blocks.shape[1], False
+        return "OFT", (blocks.shape[0] if blocks.shape else None), False
+    return "Unknown", None, False
+
+
+def _most_common(values: list[int]) -> int | None:
+    if not values:
+        return None
+    counts = Counter(values)
+    return max(counts, key=lambda v: (counts[v], v))
+
+
+def _context_dim(modules: Mapping[str, Mapping[str, TensorInfo]]) -> int | None:
+    """Cross-attention context width from an attn2 to_k/to_v down weight: 768 SD1, 1024 SD2, 2048 SDXL."""
+    for module, parts in modules.items():
+        if "attn2" in module and ("to_k" in module or "to_v" in module):
+            down = next((parts[p] for p in _LORA_DOWN if p in parts), None)
+            if down is not None and len(down.shape) >= 2:
+                return down.shape[1]
+            w1b = parts.get("hada_w1_b")
+            if w1b is not None and len(w1b.shape) >= 2:
+                return w1b.shape[1]
+    return None
+
+
+def detect_arch(metadata: Mapping[str, str], modules: Mapping[str, Mapping[str, TensorInfo]]) -> str:
+    """SD1 / SD2 / SDXL / Unknown.
+
+    A1111's rule first: `ss_base_model_version` starting with "sdxl_" -> SDXL, `ss_v2 == "True"` -> SD2
+    (also SAI `modelspec.architecture`). Then the tensors: cross-attention width (768/1024/2048), a second
+    text encoder (`lora_te2_`, `text_encoder_2.`) or kohya-SDXL LDM block names -> SDXL. Then A1111's
+    fallback: any kohya metadata -> SD1; nothing -> Unknown. Keys win over that fallback because
+    metadata such as diffusers' {"format": "pt"} says nothing about the model.
+    """
+    base = str(metadata.get("ss_base_model_version", ""))
+    if base.startswith("sdxl_"):
+        return "SDXL"
+    if str(metadata.get("ss_v2", "")) == "True" or base.startswith("sd_v2"):
+        return "SD2"
+    spec = str(metadata.get("modelspec.architecture", ""))
+    if spec.startswith("stable-diffusion-xl"):
+        return "SDXL"
+    if spec.startswith("stable-diffusion-v2"):
+        return "SD2"
+    if spec.startswith("stable-diffusion-v1"):
+        return "SD1"
+    context = _context_dim(modules)
+    if context is not None:
+        by_width = {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(context)
+        if by_width:
+            return by_width
+    names = modules.keys()
+    if any(m.startswith(("lora_te2_", "text_encoder_2.", "lycoris_te2_", "te2.")) for m in names):
+        return "SDXL"
+    if any(_SDXL_LDM_NAME.search(m) for m in names):
+        if any(_SD1_LDM_LEVEL0_ATTN.search(m) for m in names):
+            return "SD1"  # SD1 LDM names: attention at level 0, which SDXL does not have
+        return "SDXL"
+    if any(m.startswith("lora_te1_") for m in names):
+        return "SDXL"
+    if base.startswith("sd_v1") or any(k.startswith("ss_") for k in metadata):
+        return "SD1"
+    if any(m.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_mid_block", "lora_te_"))
+           for m in names):
+        return "SD1"
+    return "Unknown"
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def summarize_header(header: SafetensorsHeader) -> FileSummary:
+    """Classify a header: group keys by module, pick the network type, rank, arch."""
+    modules: dict[str, dict[str, TensorInfo]] = {}
+    embeddings: set[str] = set()
+    unmatched = 0
+    for key, info in header.tensors.items():
+        if key.startswith("bundle_emb."):
+            embeddings.add(key.split(".")[1] if key.count(".") >= 1 else key)
+            continue
+        module, part = split_key(key)
+        if not part:
+            unmatched += 1
+            continue
+        modules.setdefault(module, {})[part] = info
+    type_counts: Counter[str] = Counter()
+    ranks: list[int] = []
+    conv_ranks: list[int] = []
+    any_conv = False
+    dora = False
+    te_modules = 0
+    for module, parts in modules.items():
+        kind, rank, is_conv = _module_type(parts, module)
+        if kind == "Unknown" and set(parts) <= {"alpha", "scale", "bias", "dora_scale"}:
+            unmatched += len(parts)
+            continue
+        type_counts[kind] += 1
+        if "dora_scale" in parts or "lora_magnitude_vector" in parts or "lora_magnitude_vector.weight" in parts:
+            dora = True
+        if _TE_MODULE.search(module):
+            te_modules += 1
+        if rank is not None:
+            (conv_ranks if kind == "LoRA" and is_conv else ranks).append(rank)
+        any_conv = any_conv or (kind == "LoRA" and is_conv)
+    main = [t for t in type_counts if t != "Norm"] or list(type_counts)
+    if main:
+        order = {name: i for i, name in enumerate(NETWORK_TYPE_NAMES)}
+        network_type = max(main, key=lambda t: (type_counts[t], -order.get(t, 99)))
+    else:
+        network_type = "Unknown"
+    if network_type == "LoRA":
+        network_type = "DoRA" if dora else ("LoCon" if any_conv else "LoRA")
+    rank = _most_common(ranks) if ranks else _most_common(conv_ranks)
+    metadata = header.metadata
+    alias = metadata.get("ss_output_name") or None
+    module_count = sum(type_counts.values())
+    return FileSummary(
+        alias=alias,
+        arch=detect_arch(metadata, modules),
+        network_type=network_type,
+        rank=rank,
+        conv_rank=_most_common(conv_ranks),
+        alpha=_float_or_none(metadata.get("ss_network_alpha")),
+        dora=dora,
+        module_count=module_count,
+        te_modules=te_modules,
+        unet_modules=module_count - te_modules,
+        embeddings=len(embeddings),
+        unmatched_keys=unmatched,
+        has_metadata=bool(metadata),
+        sshs_model_hash=(metadata.get("sshs_model_hash") or None),
+        base_model_name=(metadata.get("ss_sd_model_name") or None),
+        cover_image=bool(metadata.get("ssmd_cover_images")),
+    )
+
+
+def decode_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """Metadata with JSON-looking values ('{...}' / '[...]') parsed, as A1111's metadata view does;
+    values that fail to parse stay strings."""
+    decoded: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value[:1] in ("{", "["):
+            try:
+                decoded[key] = json.loads(value)
+                continue
+            except ValueError:
+                pass
+        decoded[key] = value
+    return decoded
+
+
+def tag_frequency(metadata: Mapping[str, Any]) -> dict[str, int]:
+    """`ss_tag_frequency` (dataset -> tag -> count, raw JSON string or decoded) as tag -> total count,
+    tags stripped, most frequent first (ties alphabetical). Malformed parts are skipped."""
+    raw = metadata.get("ss_tag_frequency")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    if not isinstance(raw, dict):
+        return {}
+    totals: Counter[str] = Counter()
+    for dataset in raw.values():
+        if not isinstance(dataset, dict):
+            continue
+        for tag, count in dataset.items():
+            if isinstance(count, (int, float)) and not isinstance(count, bool) and str(tag).strip():
+                totals[str(tag).strip()] += int(count)
+    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))

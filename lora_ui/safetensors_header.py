@@ -1,0 +1,141 @@
+"""Read a .safetensors header (tensor names, dtypes, shapes, `__metadata__`) without reading tensors.
+
+File layout: 8-byte little-endian header length N, N bytes of UTF-8 JSON, then the tensor bytes.
+Every way a file can be wrong raises SafetensorsHeaderError with a message naming the file and the
+problem; nothing else escapes (the library shows the entry as broken and goes on).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+__all__ = ["SafetensorsHeaderError", "SafetensorsHeader", "TensorInfo", "read_header", "parse_header",
+           "MAX_HEADER_BYTES"]
+
+# Real LoRA headers are tens of KB (a few MB with embedded cover images); 100 MB is absurd.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1,
+                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+                "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+
+
+class SafetensorsHeaderError(ValueError):
+    """The file is not a valid safetensors file; the message says which file and why."""
+
+
+class TensorInfo(NamedTuple):
+    """One tensor's entry in the header: dtype name ("F16"...), shape, byte range after the header."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data_offsets: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A parsed header. `data_start` = 8 + N is where tensor bytes begin (the addnet hash starts here)."""
+
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+    header_size: int = 0
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_size
+
+
+def _fail(label: str, problem: str) -> SafetensorsHeaderError:
+    return SafetensorsHeaderError(f"{label}: {problem}")
+
+
+def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = None,
+                 label: str = "safetensors data") -> SafetensorsHeader:
+    """Validate and parse a header given its 8-byte length prefix and JSON bytes.
+
+    `file_size`, when known, bounds the header and the tensors' byte ranges.
+    """
+    if len(prefix) < 8:
+        raise _fail(label, f"file is too short to be safetensors ({len(prefix)} bytes, need at least 8)")
+    (size,) = struct.unpack("<Q", prefix[:8])
+    if size > MAX_HEADER_BYTES:
+        raise _fail(label, f"header length {size} bytes is larger than the {MAX_HEADER_BYTES} byte limit "
+                           "(not a safetensors file, or corrupt)")
+    if file_size is not None and 8 + size > file_size:
+        raise _fail(label, f"header length {size} bytes is larger than the file ({file_size} bytes); "
+                           "the file is truncated or not safetensors")
+    if len(header_bytes) < size:
+        raise _fail(label, f"header is truncated (expected {size} bytes, got {len(header_bytes)})")
+    try:
+        text = header_bytes[:size].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(label, f"header is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _fail(label, f"header is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(raw, dict):
+        raise _fail(label, f"header is a JSON {type(raw).__name__}, expected an object")
+    metadata_raw = raw.pop("__metadata__", None)
+    metadata: dict[str, str] = {}
+    if metadata_raw is not None:
+        if not isinstance(metadata_raw, dict):
+            raise _fail(label, f"__metadata__ is a JSON {type(metadata_raw).__name__}, expected an object of strings")
+        for key, value in metadata_raw.items():
+            if not isinstance(value, str):
+                raise _fail(label, f"__metadata__ value of {key!r} is a JSON {type(value).__name__}, "
+                                   "but safetensors metadata values must be strings")
+            metadata[key] = value
+    data_size = None if file_size is None else file_size - 8 - size
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in raw.items():
+        tensors[name] = _tensor_info(label, name, entry, data_size)
+    return SafetensorsHeader(tensors=tensors, metadata=metadata, header_size=size)
+
+
+def _tensor_info(label: str, name: str, entry: Any, data_size: int | None) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise _fail(label, f"tensor {name!r}: entry is a JSON {type(entry).__name__}, expected an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:
+        raise _fail(label, f"tensor {name!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise _fail(label, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise _fail(label, f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end] byte positions")
+    if data_size is not None and offsets[1] > data_size:
+        raise _fail(label, f"tensor {name!r}: data ends at byte {offsets[1]} but the file holds only "
+                           f"{data_size} bytes of tensor data (truncated file)")
+    return TensorInfo(dtype=dtype, shape=tuple(shape), data_offsets=(offsets[0], offsets[1]))
+
+
+def read_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Read and validate the header of the file at `path`; tensors are never read."""
+    path = Path(path)
+    label = str(path)
+    try:
+        with open(path, "rb") as handle:
+            file_size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise _fail(label, f"file is too short to be safetensors ({file_size} bytes, need at least 8)")
+            (size,) = struct.unpack("<Q", prefix)
+            if size > MAX_HEADER_BYTES or 8 + size > file_size:
+                return parse_header(prefix, b"", file_size, label)  # raises the right message
+            header_bytes = handle.read(size)
+    except FileNotFoundError:
+        raise _fail(label, "file not found") from None
+    except IsADirectoryError:
+        raise _fail(label, "is a directory, not a file") from None
+    except PermissionError:
+        raise _fail(label, "permission denied") from None
+    except OSError as exc:
+        raise _fail(label, f"cannot be read ({exc.strerror or exc})") from None
+    return parse_header(prefix, header_bytes, file_size, label)
