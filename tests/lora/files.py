@@ -164,3 +164,56 @@ def reference_lora_delta(layer: Layer, up: Tensor, down: Tensor, scale: float, m
     d = down.double().reshape(down.shape[0], -1)
     dw = torch.einsum("or,ri->oi", u, d) * (scale * multiplier)
     return dw.reshape(layer.module.weight.shape).float()
+
+
+# ---- pipeline helpers ---------------------------------------------------------------------------
+
+def render(pipe, prompt: str = "a photo of a cat", steps: int = 2, seed: int = 0):
+    """A 32x32 image as float numpy (1, 32, 32, 3) in [0, 1]; deterministic for a given pipe state."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(seed)
+    kwargs = dict(num_inference_steps=steps, height=32, width=32, generator=g, output_type="np", guidance_scale=5.0)
+    out = pipe(prompt, **kwargs).images
+    return np.asarray(out, dtype=np.float64)
+
+
+def components(pipe) -> dict[str, nn.Module]:
+    return {n: getattr(pipe, n) for n in ("unet", "text_encoder", "text_encoder_2", "vae") if getattr(pipe, n, None) is not None}
+
+
+def snapshot(pipe) -> dict:
+    """Everything a LoRA may touch: parameter values and in-place versions, instance forwards, tokenizers."""
+    params, versions, forwards = {}, {}, {}
+    for cname, comp in components(pipe).items():
+        for n, p in comp.named_parameters():
+            params[f"{cname}.{n}"] = p.detach().clone()
+            versions[f"{cname}.{n}"] = p._version
+        for n, m in comp.named_modules():
+            if "forward" in m.__dict__:
+                forwards[f"{cname}.{n}"] = m.__dict__["forward"]
+    toks = {n: id(getattr(pipe, n)) for n in ("tokenizer", "tokenizer_2") if getattr(pipe, n, None) is not None}
+    return {"params": params, "versions": versions, "forwards": forwards, "tokenizers": toks}
+
+
+def assert_same_state(pipe, snap: dict) -> None:
+    now = snapshot(pipe)
+    assert now["params"].keys() == snap["params"].keys()
+    changed = [k for k, v in snap["params"].items() if not torch.equal(v, now["params"][k])]
+    assert not changed, f"parameters changed: {changed[:5]}"
+    bumped = [k for k, v in snap["versions"].items() if now["versions"][k] != v]
+    assert not bumped, f"parameters written in place: {bumped[:5]}"
+    assert now["forwards"] == snap["forwards"], "instance forwards differ"
+    assert now["tokenizers"] == snap["tokenizers"], "tokenizers differ"
+
+
+def merged_copy(pipe, deltas: dict[tuple[str, str], Tensor]):
+    """A deep copy of pipe with W += ΔW (fp32 math, rounded once) for each (component, path)."""
+    import copy
+
+    clone = copy.deepcopy(pipe)
+    with torch.no_grad():
+        for (comp, path), dw in deltas.items():
+            m = getattr(clone, comp).get_submodule(path)
+            m.weight.copy_((m.weight.float() + dw.reshape(m.weight.shape)).to(m.weight.dtype))
+    return clone
