@@ -69,8 +69,10 @@ def _row(tag: Any, enabled: bool, resolve: Callable[[str], Any | None], model_ar
     entry = resolve(tag.name)
     if entry is None:
         note = f"⚠ '{tag.name}' is not in the LoRA library; it will be skipped"
-    elif not core.fits_model(getattr(entry, "arch", None), model_arch):
-        note = (f"⚠ {core.arch_label(getattr(entry, 'arch', None))} LoRA, the loaded model is "
+    elif core.is_broken(entry):
+        note = f"⚠ the file cannot be used: {core.entry_error(entry)}"
+    elif not core.fits_model(core.entry_arch(entry), model_arch):
+        note = (f"⚠ {core.arch_label(core.entry_arch(entry))} LoRA, the loaded model is "
                 f"{core.arch_label(model_arch)}; it will be skipped")
     else:
         note = ""

@@ -83,16 +83,36 @@ def entry_sha256(entry: Any) -> str:
 
 
 def activation_text(entry: Any) -> str:
+    """The library's activation text (user metadata, else civitai trained words), else name.json's."""
+    value = getattr(entry, "activation_text", None)
+    if isinstance(value, str):
+        return value.strip()
     return str(entry_user_meta(entry).get("activation text", "") or "").strip()
 
 
 def preferred_weight(entry: Any, default_weight: float) -> float:
     """A1111: 'preferred weight' 0 or missing means 'use the default weight'."""
+    value = getattr(entry, "preferred_weight", None)
+    if value is None or callable(value):
+        value = entry_user_meta(entry).get("preferred weight", 0)
     try:
-        value = float(entry_user_meta(entry).get("preferred weight", 0) or 0)
+        value = float(value or 0)
     except (TypeError, ValueError):
         return default_weight
     return value if value != 0 and math.isfinite(value) else default_weight
+
+
+def entry_arch(entry: Any) -> str:
+    """The architecture the entry is for: the user's "sd version" override when set, else detected."""
+    return normalize_arch(getattr(entry, "effective_arch", None) or getattr(entry, "arch", None))
+
+
+def is_broken(entry: Any) -> bool:
+    return bool(getattr(entry, "broken", False))
+
+
+def entry_error(entry: Any) -> str:
+    return str(getattr(entry, "error", "") or "the file cannot be read")
 
 
 def description(entry: Any) -> str:
@@ -101,6 +121,9 @@ def description(entry: Any) -> str:
 
 def training_tags(entry: Any) -> list[tuple[str, int]]:
     """Kohya `ss_tag_frequency` (JSON: dataset -> tag -> count) summed over datasets, most used first."""
+    frequency = getattr(entry, "tag_frequency", None)
+    if isinstance(frequency, dict):
+        return sorted(((str(k), int(v)) for k, v in frequency.items()), key=lambda kv: (-kv[1], kv[0]))
     raw = entry_metadata(entry).get("ss_tag_frequency")
     if not raw:
         return []
@@ -161,6 +184,25 @@ def find_entry(ctx: Any, name: str) -> Any | None:
         if entry_name(entry) == name or getattr(entry, "alias", None) == name:
             return entry
     return None
+
+
+def card_key(entry: Any) -> str:
+    """A name that always resolves back to this entry (relative path without extension when known)."""
+    return str(getattr(entry, "rel_name", "") or entry_name(entry))
+
+
+def prompt_name(ctx: Any, entry: Any) -> str:
+    """The name a card click writes into `<lora:NAME:...>` (A1111: the alias when it is unambiguous)."""
+    library = getattr(ctx, "library", None)
+    if library is not None and hasattr(library, "name_for"):
+        return str(library.name_for(entry))
+    return entry_name(entry)
+
+
+def same_entry(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return False
+    return a is b or (getattr(a, "path", None) is not None and getattr(a, "path", None) == getattr(b, "path", None))
 
 
 def save_user_meta(ctx: Any, entry: Any, meta: dict[str, Any]) -> None:

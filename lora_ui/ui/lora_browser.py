@@ -78,12 +78,14 @@ element.addEventListener('click', (event) => {
 class Card:
     """One LoRA as the grid shows it."""
 
+    key: str          # resolves back to the entry (data-lora)
     name: str
     alias: str
     folder: str
     type_label: str
     arch_label: str
     fits: bool
+    broken: str       # "" or why the file cannot be used
     active: bool
     mtime: float
     size: int
@@ -91,8 +93,8 @@ class Card:
     preview: Any      # Path / bytes / PIL image / None
 
 
-def build_cards(entries: Sequence[Any], model_arch: str, active_names: set[str]) -> list[Card]:
-    """Library entries -> cards; `active_names` are the entry names whose tag is in the prompt."""
+def build_cards(entries: Sequence[Any], model_arch: str, active_keys: set[str]) -> list[Card]:
+    """Library entries -> cards; `active_keys` are the card keys of the LoRAs whose tag is in the prompt."""
     cards = []
     for entry in entries:
         name = core.entry_name(entry)
@@ -100,14 +102,17 @@ def build_cards(entries: Sequence[Any], model_arch: str, active_names: set[str])
         folder = str(getattr(entry, "rel_folder", "") or "").replace("\\", "/").strip("/")
         tags = " ".join(tag for tag, _ in core.training_tags(entry))
         search = " ".join([name, alias, folder, tags, core.description(entry), core.activation_text(entry)]).lower()
+        key = core.card_key(entry)
         cards.append(Card(
+            key=key,
             name=name,
             alias=alias,
             folder=folder,
             type_label=core.network_type_label(getattr(entry, "network_type", None)),
-            arch_label=core.arch_label(getattr(entry, "arch", None)),
-            fits=core.fits_model(getattr(entry, "arch", None), model_arch),
-            active=name in active_names,
+            arch_label=core.arch_label(core.entry_arch(entry)),
+            fits=core.fits_model(core.entry_arch(entry), model_arch),
+            broken=core.entry_error(entry) if core.is_broken(entry) else "",
+            active=key in active_keys,
             mtime=float(getattr(entry, "mtime", 0) or 0),
             size=int(getattr(entry, "size", 0) or 0),
             search_text=search,
@@ -194,13 +199,18 @@ def render_cards_html(cards: Sequence[Card], card_size: int, thumbs: ThumbnailCa
     model_label = core.arch_label(model_arch)
     parts = [f"<div class='lora-cards' style='--card: {int(card_size)}px'>"]
     for card in cards:
-        classes = ["lora-card"] + (["active"] if card.active else []) + ([] if card.fits else ["misfit"])
+        classes = (["lora-card"] + (["active"] if card.active else []) + ([] if card.fits else ["misfit"])
+                   + (["broken"] if card.broken else []))
         name = html.escape(card.name, quote=True)
+        key = html.escape(card.key, quote=True)
         misfit = ("" if card.fits else
                   f"<span class='lora-badge misfit' title='made for {card.arch_label}, the loaded model is "
                   f"{model_label}'>not for {html.escape(model_label)}</span>")
+        if card.broken:
+            misfit += (f"<span class='lora-badge misfit' title='{html.escape(card.broken, quote=True)}'>"
+                       "broken</span>")
         parts.append(
-            f"<div class='{' '.join(classes)}' data-lora='{name}' title='{name}'>"
+            f"<div class='{' '.join(classes)}' data-lora='{key}' title='{key}'>"
             f"<img src='{thumbs.data_uri(card.preview)}' alt='{name}'>"
             f"<div class='lora-badges'><span class='lora-badge type'>{html.escape(card.type_label)}</span>"
             f"<span class='lora-badge arch'>{html.escape(card.arch_label)}</span>{misfit}</div>"
@@ -211,29 +221,30 @@ def render_cards_html(cards: Sequence[Card], card_size: int, thumbs: ThumbnailCa
     return "".join(parts)
 
 
-def active_entry_names(prompt: str, resolve: Callable[[str], Any | None]) -> set[str]:
-    """Entry names whose tag (by stem or alias) is in the prompt."""
+def active_card_keys(prompt: str, resolve: Callable[[str], Any | None]) -> set[str]:
+    """Card keys of the LoRAs whose tag (by stem, alias or relative path) is in the prompt."""
     _, tags, _ = prompt_tags.extract_lora_tags(prompt or "")
-    names = set()
+    keys = set()
     for tag in tags:
         entry = resolve(tag.name)
-        names.add(core.entry_name(entry) if entry is not None else tag.name)
-    return names
+        if entry is not None:
+            keys.add(core.card_key(entry))
+    return keys
 
 
-def toggle_lora(prompt: str, entry: Any, default_weight: float, resolve: Callable[[str], Any | None]) -> str:
-    """A card click: add `<lora:name:preferred weight>` + activation text, or, when a tag for this
-    LoRA (by stem or alias) is already there, remove the tag and the activation text."""
+def toggle_lora(prompt: str, entry: Any, tag_name: str, default_weight: float,
+                resolve: Callable[[str], Any | None]) -> str:
+    """A card click: add `<lora:tag_name:preferred weight>` + activation text, or, when a tag for this
+    LoRA (written by stem, alias or path) is already there, remove the tag and the activation text."""
     prompt = prompt or ""
-    name = core.entry_name(entry)
     act = core.activation_text(entry)
     _, tags, _ = prompt_tags.extract_lora_tags(prompt)
-    present = [t.name for t in tags if t.name == name or core.entry_name(resolve(t.name) or object()) == name]
+    present = [t.name for t in tags if t.name == tag_name or core.same_entry(resolve(t.name), entry)]
     if present:
         for written in present:
             prompt = prompt_tags.remove_lora(prompt, written, act)
         return prompt
-    return prompt_tags.add_lora(prompt, name, core.preferred_weight(entry, default_weight), act)
+    return prompt_tags.add_lora(prompt, tag_name, core.preferred_weight(entry, default_weight), act)
 
 
 # -- details panel ---------------------------------------------------------------------------------
@@ -261,12 +272,16 @@ def details_markdown(entry: Any, model_arch: str) -> str:
         ("Modified", dt.datetime.fromtimestamp(mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if mtime else ""),
         ("Type", core.network_type_label(getattr(entry, "network_type", None))),
         ("Rank", str(getattr(entry, "rank", "") or "")),
-        ("Architecture", core.arch_label(getattr(entry, "arch", None))
-         + ("" if core.fits_model(getattr(entry, "arch", None), model_arch)
+        ("Architecture", core.arch_label(core.entry_arch(entry))
+         + ("" if core.fits_model(core.entry_arch(entry), model_arch)
             else f" — does not fit the loaded {core.arch_label(model_arch)} model")),
         ("Short hash (infotext)", core.entry_short_hash(entry)),
         ("SHA256", core.entry_sha256(entry)),
     ]
+    if core.is_broken(entry):
+        rows.append(("Problem", core.entry_error(entry)))
+    for warning in list(getattr(entry, "warnings", None) or []):
+        rows.append(("Warning", str(warning)))
     lines = ["| | |", "|---|---|"]
     for key, value in rows:
         text = str(value).replace("|", "\\|").replace("\n", " ")
@@ -409,7 +424,7 @@ class BrowserHandlers:
     def grid(self, prompt: str, query: str, sort: str, folder: str) -> str:
         arch = core.current_arch(self.ctx)
         entries = core.library_entries(self.ctx)
-        cards = build_cards(entries, arch, active_entry_names(prompt, self.resolve))
+        cards = build_cards(entries, arch, active_card_keys(prompt, self.resolve))
         return render_cards_html(filter_and_sort(cards, query, sort, folder),
                                  int(core.setting(self.ctx, "card_size")), self.thumbs, arch)
 
@@ -433,13 +448,20 @@ class BrowserHandlers:
             notify.warn(f"LoRA '{lora}' is no longer in the library; press Refresh.")
             return prompt, None
         if action == "details":
-            return prompt, core.entry_name(entry)
-        if not core.fits_model(getattr(entry, "arch", None), core.current_arch(self.ctx)):
-            notify.warn(f"'{core.entry_name(entry)}' is a {core.arch_label(getattr(entry, 'arch', None))} LoRA; "
+            return prompt, core.card_key(entry)
+        if core.is_broken(entry):
+            notify.warn(f"'{core.entry_name(entry)}' cannot be used: {core.entry_error(entry)}")
+            return prompt, None
+        if not core.fits_model(core.entry_arch(entry), core.current_arch(self.ctx)):
+            notify.warn(f"'{core.entry_name(entry)}' is a {core.arch_label(core.entry_arch(entry))} LoRA; "
                         f"the loaded model is {core.arch_label(core.current_arch(self.ctx))}. "
                         "It will be skipped when generating.")
         default_weight = float(core.setting(self.ctx, "default_lora_weight"))
-        return toggle_lora(prompt, entry, default_weight, self.resolve), None
+        try:
+            return toggle_lora(prompt, entry, core.prompt_name(self.ctx, entry), default_weight, self.resolve), None
+        except ValueError as exc:  # PromptSyntaxError: a name that cannot be written in a tag
+            notify.warn(str(exc))
+            return prompt, None
 
     def show_details(self, name: str | None):
         """-> (panel visibility, info md, metadata rows, chips html, 6 editor values)."""
