@@ -582,3 +582,106 @@ def submit_sweep(session_or_worker: Any, request: SweepRequest, on_progress: Pro
 def sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCallback | None = None) -> SweepResult:
     """Grid of LoRA (rows) x weight (columns); the no-LoRA baseline renders once for all 0 cells."""
     return submit_sweep(session_or_worker, request, on_progress).result()
+
+
+# ------------------------------------------------------------------------------------- inspector
+
+BLOCK_GROUPS = ("text encoder", "down", "mid", "up", "other")
+_GROUP_HINTS = {
+    "text encoder": "it changes what the prompt words mean (often a concept or trigger word)",
+    "down": "the input (down) blocks shape composition and subject",
+    "mid": "the middle block shapes overall composition",
+    "up": "the output (up) blocks carry style, colour and texture",
+}
+_GROUP_PRESET = {"text encoder": None, "down": "INALL", "mid": "MIDD", "up": "OUTALL"}
+
+
+def block_group(block: str) -> str:
+    """'BASE'/'te1'/'text_encoder...' -> 'text encoder'; 'IN04'/'down_blocks.1' -> 'down';
+    'M00'/'mid_block' -> 'mid'; 'OUT03'/'up_blocks.2' -> 'up'; anything else -> 'other'."""
+    key = block.strip().lower()
+    if key == "base" or key.startswith(("te", "text", "lora_te", "clip")):
+        return "text encoder"
+    if key.startswith(("in", "down", "input")):
+        return "down"
+    if key.startswith(("m0", "mid", "middle")) or key == "m":
+        return "mid"
+    if key.startswith(("out", "up", "output")):
+        return "up"
+    return "other"
+
+
+def _natural_key(text: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+@dataclass
+class BlockProfile:
+    """Where a LoRA acts: per-block ||ΔW|| in model order, and each group's share of the total
+    squared norm (squares add up across blocks, so shares sum to 1)."""
+
+    blocks: list[tuple[str, str, float]]     # (block id, group, norm), text encoder -> down -> mid -> up
+    group_shares: dict[str, float]           # group -> share of sum of norm², groups that occur only
+
+    def summary(self) -> str:
+        if not self.blocks or not self.group_shares:
+            return "This LoRA changes no weight of the model (all block norms are 0)."
+        ranked = sorted(self.group_shares.items(), key=lambda kv: -kv[1])
+        main, share = ranked[0]
+        parts = ", ".join(f"{group} {100 * value:.0f}%" for group, value in ranked)
+        top = sorted(self.blocks, key=lambda b: -b[2])[:3]
+        text = (f"Weight change by part: {parts}. Largest blocks: "
+                + ", ".join(f"{block} ({norm:.3g})" for block, _, norm in top) + ".")
+        if main in _GROUP_HINTS and share >= 0.5:
+            text += f" Mostly {main} ({100 * share:.0f}%): {_GROUP_HINTS[main]}."
+            preset = _GROUP_PRESET.get(main)
+            if preset:
+                text += f" To keep only that part, try a block-weight preset such as lbw={preset}."
+        else:
+            text += " The change is spread over the model; block weights to try: lower the largest blocks first."
+        return text
+
+
+def block_profile(norms: dict[str, float]) -> BlockProfile:
+    """Order and group `LoraManager.delta_norms(path)` (block id -> ||ΔW||). Raises CompareError
+    for a negative or non-finite norm (a broken engine result must not draw a misleading chart)."""
+    rows: list[tuple[str, str, float]] = []
+    for block, norm in norms.items():
+        value = float(norm)
+        if not math.isfinite(value) or value < 0:
+            raise CompareError(f"Block '{block}' has an invalid weight-change size {norm!r}.")
+        rows.append((str(block), block_group(str(block)), value))
+    rows.sort(key=lambda row: (BLOCK_GROUPS.index(row[1]), _natural_key(row[0])))
+    total = sum(norm * norm for _, _, norm in rows)
+    shares: dict[str, float] = {}
+    if total > 0:
+        for _, group, norm in rows:
+            shares[group] = shares.get(group, 0.0) + norm * norm / total
+    return BlockProfile(blocks=rows, group_shares=shares)
+
+
+def submit_delta_norms(session_or_worker: Any, name: str) -> Future:
+    """Per-block ||ΔW|| of the LoRA `name`, computed on the worker thread by its LoraManager
+    (`delta_norms(path)`), which knows the loaded model's blocks; Future of a dict."""
+    worker, library = _worker_and_library(session_or_worker)
+    name = str(name or "").strip()
+    if not name:
+        raise CompareError("Pick a LoRA to inspect.")
+    if library is None:
+        raise CompareError("No LoRA library is configured: nothing to inspect.")
+    entry = library.resolve(name)
+    if entry is None:
+        raise CompareError(f"Unknown LoRA '{name}': no such file in the LoRA folders (check the name, or press Refresh).")
+    path = Path(entry.path)
+
+    def job(session: Any) -> dict[str, float]:
+        manager = session.loras
+        if not hasattr(manager, "delta_norms"):
+            raise CompareError("This LoRA engine cannot measure per-block weight changes (delta_norms is missing).")
+        return dict(manager.delta_norms(path))
+
+    return worker.submit(job, kind="inspect")
+
+
+def inspect_lora(session_or_worker: Any, name: str) -> BlockProfile:
+    return block_profile(submit_delta_norms(session_or_worker, name).result())

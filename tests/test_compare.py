@@ -34,7 +34,7 @@ def lora_files(pipe, tmp_path_factory):
 def rig(pipe, lora_files):
     rig = make_rig(pipe, lora_files)
     yield rig
-    rig.worker.shutdown()
+    rig.close()
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def test_compare_without_a_library_relies_on_what_the_worker_applied(pipe, lora_
         # The failed job left the worker usable.
         assert rig.worker.txt2img(tiny_request(prompt="cube", seed=1)).result().images
     finally:
-        rig.worker.shutdown()
+        rig.close()
 
 
 def test_an_interrupted_comparison_shows_nothing(ctx, rig):
@@ -336,3 +336,66 @@ def test_sweep_refuses_bad_input_before_rendering(ctx, rig, request_kwargs, mess
         cmp.sweep(ctx, cmp.SweepRequest(base=tiny_request(prompt="cube", seed=1), **request_kwargs))
     assert message in str(info.value)
     assert rig.requests == []
+
+
+# -------------------------------------------------------------------------------------- inspector
+
+
+@pytest.mark.parametrize("block, group", [
+    ("te", "text encoder"), ("te2", "text encoder"), ("BASE", "text encoder"),
+    ("down_0", "down"), ("IN04", "down"), ("mid", "mid"), ("M00", "mid"),
+    ("up_3", "up"), ("OUT11", "up"), ("other", "other"),
+])
+def test_block_group_knows_engine_and_lbw_names(block, group):
+    assert cmp.block_group(block) == group
+
+
+def test_block_profile_orders_blocks_and_shares_squared_norms():
+    profile = cmp.block_profile({"up_10": 1.0, "up_2": 2.0, "mid": 2.0, "te": 1.0, "down_0": 0.0, "other": 1.0})
+    assert [b for b, _, _ in profile.blocks] == ["te", "down_0", "mid", "up_2", "up_10", "other"]
+    total = 1 + 0 + 4 + 4 + 1 + 1
+    assert profile.group_shares == pytest.approx({"text encoder": 1 / total, "down": 0.0, "mid": 4 / total,
+                                                  "up": 5 / total, "other": 1 / total})
+    assert sum(profile.group_shares.values()) == pytest.approx(1.0)
+    summary = profile.summary()
+    assert summary.startswith("Weight change by part: up 45%, mid 36%")
+    assert "up_2 (2)" in summary and "spread" in summary
+
+
+def test_block_profile_names_the_dominant_part_and_a_preset():
+    summary = cmp.block_profile({"up_0": 3.0, "down_0": 1.0}).summary()
+    assert "Mostly up (90%)" in summary and "lbw=OUTALL" in summary
+    assert "no weight" in cmp.block_profile({"up_0": 0.0}).summary()
+
+
+@pytest.mark.parametrize("norms", [{"up_0": -1.0}, {"up_0": float("nan")}])
+def test_block_profile_refuses_broken_norms(norms):
+    with pytest.raises(cmp.CompareError, match="invalid weight-change size"):
+        cmp.block_profile(norms)
+
+
+def test_inspect_measures_each_block_from_the_file(ctx, lora_files):
+    from safetensors.torch import load_file
+
+    profile = cmp.inspect_lora(ctx, "styleA")
+    # Independent: group kohya prefixes by UNet block and add ||alpha/rank * up @ down||^2.
+    state = load_file(str(lora_files["styleA"]))
+    expected: dict[str, float] = {}
+    for key in state:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        prefix = key[: -len(".lora_down.weight")]
+        parts = prefix[len("lora_unet_"):].split("_")
+        block = "mid" if parts[0] == "mid" else f"{parts[0]}_{parts[2]}"
+        down, up = state[key].double(), state[f"{prefix}.lora_up.weight"].double()
+        delta = up @ down * float(state[f"{prefix}.alpha"]) / down.shape[0]
+        expected[block] = expected.get(block, 0.0) + float(delta.pow(2).sum())
+    measured = {block: norm for block, _, norm in profile.blocks}
+    assert measured == pytest.approx({block: value ** 0.5 for block, value in expected.items()}, rel=1e-6)
+    assert set(profile.group_shares) == {"down", "mid", "up"}
+
+
+@pytest.mark.parametrize("name, message", [("", "Pick a LoRA"), ("nosuch", "Unknown LoRA 'nosuch'")])
+def test_inspect_refuses_unknown_names(ctx, name, message):
+    with pytest.raises(cmp.CompareError, match=message):
+        cmp.inspect_lora(ctx, name)

@@ -1,9 +1,6 @@
 """Shared helpers for the compare tests (no tests here): a tiny kohya LoRA file for the tiny SD1
-pipeline, and the real Worker + txt2img.generate around that pipeline, with small stand-ins for the
-library and the LoRA manager (until lora_ui/library and lora_ui/lora/manager.py land).
-
-The LoRA stand-in adds up @ down * alpha / rank * unet weight to the UNet's attention projections
-(kohya diffusers names) and restores the saved weights on every `set_loras`/`clear`.
+pipeline, and the real Worker + txt2img.generate + LoraManager around that pipeline, with a small
+stand-in for the library (name -> file; resolve / specs_for / entries of the LoraLibrary contract).
 """
 from __future__ import annotations
 
@@ -11,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lora_ui.engine import txt2img
 from lora_ui.engine.checkpoints import LoadedModel
 from lora_ui.engine.txt2img import Txt2ImgRequest
 from lora_ui.engine.worker import Worker
+from lora_ui.lora.manager import LoraManager
 from lora_ui.lora.spec import LoraSpec
 
 IMAGE_SIZE = 32
@@ -55,36 +53,6 @@ def write_tiny_lora(pipe, path: Path, seed: int, rank: int = 4, std: float = 0.4
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank)})
     return path
-
-
-class StandInLoraManager:
-    """set_loras / clear / on_step of the LoraManager contract, for kohya UNet LoRAs only."""
-
-    def __init__(self, pipe):
-        self.targets = kohya_unet_targets(pipe)
-        self.backups: dict[str, torch.Tensor] = {}
-
-    def clear(self) -> None:
-        with torch.no_grad():
-            for prefix, weight in self.backups.items():
-                self.targets[prefix].weight.copy_(weight)
-        self.backups.clear()
-
-    def set_loras(self, specs) -> None:
-        self.clear()
-        for spec in specs:
-            state = load_file(str(spec.path))
-            for prefix, module in self.targets.items():
-                if f"{prefix}.lora_down.weight" not in state:
-                    continue
-                down, up = state[f"{prefix}.lora_down.weight"], state[f"{prefix}.lora_up.weight"]
-                scale = float(state[f"{prefix}.alpha"]) / down.shape[0]
-                self.backups.setdefault(prefix, module.weight.detach().clone())
-                with torch.no_grad():
-                    module.weight += (up @ down).reshape(module.weight.shape) * scale * spec.unet
-
-    def on_step(self, step: int, total: int) -> None:
-        pass
 
 
 class StandInLibrary:
@@ -132,6 +100,11 @@ class Rig:
     def requests(self) -> list[Txt2ImgRequest]:
         return self.generate.requests
 
+    def close(self) -> None:
+        """Unload every LoRA (the pipeline is shared between tests), then stop the worker."""
+        self.worker.submit(lambda session: session.loras.clear(), kind="cleanup").result()
+        self.worker.shutdown()
+
 
 @dataclass
 class Context:
@@ -145,5 +118,5 @@ def make_rig(pipe, lora_files: dict[str, Path], with_library: bool = True) -> Ri
     library = StandInLibrary(lora_files)
     generate = RecordingGenerate()
     worker = Worker(tiny_model(pipe), library=library if with_library else None,
-                    lora_manager_factory=StandInLoraManager, generate=generate)
+                    lora_manager_factory=LoraManager, generate=generate)
     return Rig(worker=worker, library=library, generate=generate, lora_files=dict(lora_files))
