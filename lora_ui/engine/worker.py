@@ -140,6 +140,13 @@ class WorkerSession:
             ))
         return _merge_results(results, warnings)
 
+    def switch_model(self, ref: str | None) -> "LoadedModel":
+        """Switch checkpoints inside this job (e.g. a per-request override); later renders of the job
+        use the new model. On failure the old model stays and the exception propagates."""
+        self.model = self._worker._do_switch(ref)
+        self.loras = self._worker._current_loras()
+        return self.model
+
     def _on_step(self, step: int, total: int, latents: Any = None) -> None:
         """Called by txt2img.generate after each denoising step; raising stops the sampling."""
         from lora_ui.engine.txt2img import GenerationInterrupted
@@ -312,27 +319,36 @@ class Worker:
             self._interrupt_job_id = None
             self._skip_job_id = None
         self._progress.begin_job(job_id, item.future.kind, item.job_count, queue_size=self._queue.qsize())
+        result: Any = None
+        error: BaseException | None = None
         try:
             result = item.job(self._session(job_id))
         except BaseException as exc:  # noqa: BLE001 - a job's failure belongs to its future only
             log.warning("job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, (ValueError, KeyError)))
             self._reset_loras_after_failure()
-            item.future.set_exception(exc)
+            error = exc
+        with self._lock:
+            self._current_job_id = None
+            self._interrupt_job_id = None
+            self._skip_job_id = None
+        self._progress.end_job(queue_size=self._queue.qsize())
+        # resolved after the state is reset: whoever waits on the future then sees an idle worker
+        if error is not None:
+            item.future.set_exception(error)
         else:
             item.future.set_result(result)
-        finally:
-            with self._lock:
-                self._current_job_id = None
-                self._interrupt_job_id = None
-                self._skip_job_id = None
-            self._progress.end_job(queue_size=self._queue.qsize())
 
     def _session(self, job_id: str) -> WorkerSession:
         model = self._ensure_model()
+        return WorkerSession(model=model, loras=self._current_loras(), library=self.library,
+                             progress=self._progress, outputs_dir=self.outputs_dir, job_id=job_id, _worker=self)
+
+    def _current_loras(self) -> "LoraManager":
+        """The LoRA manager of the loaded model, built on first use after a (re)load."""
         if self._loras is None:
-            self._loras = self._make_lora_manager(model.pipe)
-        return WorkerSession(model=model, loras=self._loras, library=self.library, progress=self._progress,
-                             outputs_dir=self.outputs_dir, job_id=job_id, _worker=self)
+            assert self._model is not None
+            self._loras = self._make_lora_manager(self._model.pipe)
+        return self._loras
 
     def _ensure_model(self) -> "LoadedModel":
         if self._model_provider is not None:
@@ -343,7 +359,7 @@ class Worker:
         assert self._model is not None
         return self._model
 
-    def _do_switch(self, ref: str) -> "LoadedModel":
+    def _do_switch(self, ref: str | None) -> "LoadedModel":
         assert self._switch_model is not None
         new_model = self._switch_model(ref)  # raises and keeps the old model on failure
         self._model = new_model

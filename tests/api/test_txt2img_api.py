@@ -1,0 +1,208 @@
+"""POST /sdapi/v1/txt2img over real HTTP: A1111 response shape, LoRA isolation under concurrency,
+interrupt, skip and live progress."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.api.helpers import decode_png, info_of, pixels, render
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_txt2img_returns_a1111_shape_with_infotext_in_each_png(client, api_env):
+    body = {"prompt": "a red circle on blue", "negative_prompt": "blurry", "steps": 3, "seed": 77,
+            "sampler_name": "Euler", "cfg_scale": 6.5, "batch_size": 2, "n_iter": 2, "save_images": False,
+            "restore_faces": True, "some_extension_field": {"x": 1}}  # unknown fields are ignored
+    data = render(client, **body)
+    assert set(data) == {"images", "parameters", "info"}
+    info = info_of(data)
+    assert info["all_seeds"] == [77, 78, 79, 80] and info["seed"] == 77
+    assert info["prompt"] == body["prompt"] and info["all_prompts"] == [body["prompt"]] * 4
+    assert info["negative_prompt"] == "blurry" and info["steps"] == 3 and info["sampler_name"] == "Euler"
+    assert info["width"] == 32 and info["height"] == 32  # the tiny model's native size
+    assert info["sd_model_name"] == "tiny-a"
+    assert len(data["images"]) == 4 and len(info["infotexts"]) == 4
+    for b64, infotext, seed in zip(data["images"], info["infotexts"], info["all_seeds"]):
+        image = decode_png(b64)
+        assert image.size == (32, 32)
+        assert image.info["parameters"] == infotext
+        assert f"Seed: {seed}," in infotext and "Steps: 3" in infotext and "Negative prompt: blurry" in infotext
+    assert data["parameters"]["prompt"] == body["prompt"] and data["parameters"]["n_iter"] == 2
+    # same seed, same pixels; images of different seeds differ
+    again = render(client, **body)
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(data["images"], again["images"]))
+    assert not np.array_equal(pixels(data["images"][0]), pixels(data["images"][1]))
+
+
+def test_send_images_and_save_images(client, api_env):
+    outputs = api_env.root / "outputs"
+    before = set(outputs.rglob("*.png")) if outputs.exists() else set()
+    data = render(client, send_images=False, save_images=True, seed=4321)
+    assert data["images"] == []
+    saved = set(outputs.rglob("*.png")) - before
+    assert len(saved) == 1 and next(iter(saved)).name.endswith("-4321.png")
+    assert info_of(data)["saved_paths"] == [str(next(iter(saved)))]
+    not_saved = render(client, seed=4322)
+    assert info_of(not_saved)["saved_paths"] == [] and set(outputs.rglob("*.png")) - before == saved
+
+
+def test_random_seed_is_reported(client):
+    info = info_of(render(client, seed=-1, batch_size=2))
+    assert info["all_seeds"][1] == info["all_seeds"][0] + 1 and 0 <= info["seed"] < 2**32
+
+
+def test_lora_in_prompt_changes_the_image_and_is_reported(client):
+    plain = render(client)
+    with_lora = render(client, prompt="a red circle on blue <lora:alpha:1>")
+    info = info_of(with_lora)
+    assert [entry["name"] for entry in info["loras"]] == ["alpha"]
+    assert "<lora:alpha:1>" in info["infotexts"][0]
+    assert not np.array_equal(pixels(plain["images"][0]), pixels(with_lora["images"][0]))
+    # the next request without a tag gets the plain model back
+    assert np.array_equal(pixels(render(client)["images"][0]), pixels(plain["images"][0]))
+
+
+LORA_SETS = [
+    "",
+    "<lora:alpha:1>",
+    "<lora:bravo:0.8>",
+    "<lora:alpha:0.5> <lora:charlie:1>",
+    "<lora:delta:1:0>",            # text encoder only
+    "<lora:echo:-1>",
+    "<lora:foxtrot:1> <lora:golf:0.6> <lora:hotel:0.3>",
+    "<lora:alpha:1> <lora:bravo:1>",
+]
+
+
+def test_eight_concurrent_requests_each_equal_their_solo_render(api_env):
+    bodies = [{"prompt": f"a red circle on blue {tags}", "steps": 3, "seed": 99, "save_images": False}
+              for tags in LORA_SETS]
+    with api_env.client() as c:
+        solo = [pixels(c.post("/sdapi/v1/txt2img", json=b).json()["images"][0]) for b in bodies]
+    # the sets really make different images, so a leak would show
+    assert len({s.tobytes() for s in solo}) == len(LORA_SETS)
+
+    barrier = threading.Barrier(len(bodies))
+
+    def post(body):
+        with api_env.client() as c:
+            barrier.wait()
+            r = c.post("/sdapi/v1/txt2img", json=body)
+            assert r.status_code == 200, r.text
+            return pixels(r.json()["images"][0])
+
+    with ThreadPoolExecutor(len(bodies)) as pool:  # all 8 released at once: the queue order is the race's
+        together = list(pool.map(post, bodies[::-1]))[::-1]
+    for tags, alone, concurrent in zip(LORA_SETS, solo, together):
+        assert np.array_equal(alone, concurrent), f"LoRA set {tags!r} rendered differently under concurrency"
+
+
+def _poll_progress(api_env, stop: threading.Event, seen: list) -> None:
+    with api_env.client() as c:
+        while not stop.is_set():
+            seen.append(c.get("/sdapi/v1/progress").json())
+            time.sleep(0.03)
+
+
+def _start_render(api_env, body: dict, out: dict) -> threading.Thread:
+    def run():
+        with api_env.client() as c:
+            out["response"] = c.post("/sdapi/v1/txt2img", json=body)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _wait_for(seen: list, predicate, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for state in list(seen):
+            if predicate(state):
+                return state
+        time.sleep(0.02)
+    raise AssertionError(f"progress never matched; last: {seen[-1:] if seen else None}")
+
+
+def test_progress_reports_rising_steps_and_a_preview(api_env):
+    seen: list = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_progress, args=(api_env, stop, seen))
+    poller.start()
+    out: dict = {}
+    render_thread = _start_render(api_env, {"prompt": "progress", "steps": 24, "seed": 5, "save_images": False}, out)
+    render_thread.join(120)
+    stop.set()
+    poller.join(10)
+    assert out["response"].status_code == 200
+    during = [s for s in seen if s["state"]["job"] == "txt2img" and s["state"]["sampling_steps"] == 24]
+    steps = [s["state"]["sampling_step"] for s in during]
+    assert len(set(steps)) >= 3, steps
+    assert steps == sorted(steps), "steps never go back during one render"
+    progress_values = [s["progress"] for s in during]
+    assert progress_values == sorted(progress_values) and 0 < progress_values[-1] <= 1
+    with_preview = [s for s in during if s["current_image"]]
+    assert with_preview, "no preview image during the render"
+    preview = decode_png(with_preview[-1]["current_image"])
+    assert preview.size == (16, 16)  # the latents' size: 32 px / the tiny VAE's factor 2
+    assert all(s["eta_relative"] >= 0 for s in during)
+    assert any(s["state"]["job_count"] == 1 and s["current_task"] for s in during)
+    with api_env.client() as c:
+        idle = c.get("/sdapi/v1/progress").json()
+    assert idle["progress"] == 0 and idle["current_image"] is None and idle["state"]["job_count"] == 0
+
+
+def test_interrupt_ends_the_render_early_and_the_next_render_is_clean(api_env, client):
+    clean = pixels(render(client, seed=2024)["images"][0])
+    seen: list = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_progress, args=(api_env, stop, seen))
+    poller.start()
+    out: dict = {}
+    long_body = {"prompt": "a red circle on blue <lora:alpha:1>", "steps": 60, "seed": 7, "save_images": False}
+    started = time.time()
+    render_thread = _start_render(api_env, long_body, out)
+    _wait_for(seen, lambda s: s["state"]["sampling_steps"] == 60 and s["state"]["sampling_step"] >= 2)
+    assert client.post("/sdapi/v1/interrupt").status_code == 200
+    render_thread.join(120)
+    stop.set()
+    poller.join(10)
+    response = out["response"]
+    assert response.status_code == 200, response.text
+    info = info_of(response.json())
+    assert info["interrupted"] is True and len(response.json()["images"]) == 1
+    last_step = max(s["state"]["sampling_step"] for s in seen if s["state"]["sampling_steps"] == 60)
+    assert last_step < 60, "the render ran to the end despite the interrupt"
+    assert any(s["state"]["interrupted"] for s in seen)
+    assert time.time() - started < 120
+    # the next render is exactly a clean one: no leftover LoRA, no leftover interrupt flag
+    after = render(client, seed=2024)
+    assert np.array_equal(pixels(after["images"][0]), clean)
+    assert info_of(after)["interrupted"] is False
+
+
+def test_skip_cuts_the_current_image_and_goes_on_with_the_next(api_env, client):
+    body = {"prompt": "skip me", "steps": 12, "seed": 300, "save_images": False}
+    clean = [pixels(render(client, **{**body, "seed": s})["images"][0]) for s in (300, 301)]
+    seen: list = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_progress, args=(api_env, stop, seen))
+    poller.start()
+    out: dict = {}
+    render_thread = _start_render(api_env, {**body, "n_iter": 2}, out)
+    _wait_for(seen, lambda s: s["state"]["job_count"] == 2 and s["state"]["job_no"] == 0
+              and s["state"]["sampling_step"] >= 2)
+    assert client.post("/sdapi/v1/skip").status_code == 200
+    render_thread.join(120)
+    stop.set()
+    poller.join(10)
+    data = out["response"].json()
+    assert info_of(data)["all_seeds"] == [300, 301] and len(data["images"]) == 2
+    assert not np.array_equal(pixels(data["images"][0]), clean[0]), "the skipped image was not cut short"
+    assert np.array_equal(pixels(data["images"][1]), clean[1]), "the image after the skip must be complete"
+    assert any(s["state"]["job_no"] == 1 for s in seen)
