@@ -19,7 +19,7 @@ ARCHES = ("SD1", "SD2", "SDXL", "Unknown")
 NETWORK_TYPE_NAMES = ("LoRA", "LoCon", "DoRA", "LoHa", "LoKr", "IA3", "Full", "Norm", "GLoRA", "OFT", "BOFT",
                       "Unknown")
 
-# Network part names (everything after the module prefix). Longest first for dotted (PEFT) keys.
+# Network part names (everything after the module prefix of kohya / LyCORIS keys).
 _PARTS = (
     "lora_magnitude_vector.weight", "lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_A.weight",
     "lora_B.weight", "lora.up.weight", "lora.down.weight", "lora_magnitude_vector", "dora_scale", "alpha",
@@ -28,7 +28,11 @@ _PARTS = (
     "a1.weight", "a2.weight", "b1.weight", "b2.weight", "oft_blocks", "oft_diag", "rescale", "scale", "bias",
     "weight",
 )
-_DOTTED_SUFFIXES = tuple("." + p for p in _PARTS)
+# Dotted (diffusers / PEFT) keys carry only LoRA parts; bare ".weight" there is a model weight, not IA3.
+_KNOWN_PARTS = frozenset(_PARTS)
+_DOTTED_SUFFIXES = tuple("." + p for p in ("lora_magnitude_vector.weight", "lora_up.weight", "lora_down.weight",
+                                           "lora_A.weight", "lora_B.weight", "lora.up.weight", "lora.down.weight",
+                                           "lora_magnitude_vector", "dora_scale", "alpha"))
 _KOHYA_PREFIXES = ("lora_", "lycoris_", "oft_", "lora_te", "lokr_", "loha_")
 _LORA_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight")
 _LORA_UP = ("lora_up.weight", "lora_B.weight", "lora.up.weight")
@@ -37,15 +41,16 @@ _CONV_MODULE = re.compile(
     r"|conv_shortcut|time_emb_proj|conv1|conv2|[._]op$|_\d+_conv$|\.conv$)")
 _TE_MODULE = re.compile(r"^(lora_te|lycoris_te|text_encoder|te_|te1|te2|lora_te1|lora_te2|oft_te)")
 _SDXL_LDM_NAME = re.compile(r"(input_blocks|output_blocks|middle_block)")
+_SD1_DIFFUSERS_NAME = re.compile(r"(down_blocks|up_blocks|mid_block|^lora_te_|^text_encoder\.|^oft_te_|^lycoris_te_)")
 _SD1_LDM_LEVEL0_ATTN = re.compile(r"input_blocks_[12]_1_|input_blocks\.[12]\.1\.")
 
 
 def split_key(key: str) -> tuple[str, str]:
-    """(module prefix, network part). Kohya keys split at the first dot; dotted PEFT/diffusers keys at
-    the longest known part suffix. Unknown layouts give (key, "")."""
+    """(module prefix, network part). Kohya/LyCORIS keys split at the first dot; dotted PEFT/diffusers
+    keys at a known LoRA part suffix. Anything else (a checkpoint's weights...) gives (key, "")."""
     if key.startswith(_KOHYA_PREFIXES):
         module, _, part = key.partition(".")
-        return module, part
+        return (module, part) if part in _KNOWN_PARTS else (key, "")
     for suffix in _DOTTED_SUFFIXES:
         if key.endswith(suffix):
             return key[: -len(suffix)], suffix[1:]
@@ -173,9 +178,8 @@ def detect_arch(metadata: Mapping[str, str], modules: Mapping[str, Mapping[str, 
         return "SDXL"
     if base.startswith("sd_v1") or any(k.startswith("ss_") for k in metadata):
         return "SD1"
-    if any(m.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_mid_block", "lora_te_"))
-           for m in names):
-        return "SD1"
+    if any(_SD1_DIFFUSERS_NAME.search(m) for m in names):
+        return "SD1"  # diffusers UNet names / single text encoder: SD1 (or SD2, which names cannot tell)
     return "Unknown"
 
 

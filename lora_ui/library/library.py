@@ -10,8 +10,9 @@ Name rule (deterministic, also reported by `refresh()` as conflicts): entries ar
 A prompt name resolves, in this order, to:
   1. the first entry in that order whose file stem is the name,
   2. else the first entry whose alias (`ss_output_name`) is the name (a stem always beats an alias),
-  3. else the entry whose relative path without extension is the name ("styles/foo"): this is how a
-     shadowed duplicate stays reachable,
+  3. else the entry whose relative path without extension is the name ("styles/foo"), then the one
+     whose library-folder name plus that path is ("LyCORIS/foo"): this is how a shadowed duplicate
+     stays reachable (the conflict report names the prompt name to use),
   4. else the single entry whose stem or alias equals the name ignoring case.
 """
 from __future__ import annotations
@@ -230,6 +231,7 @@ class LoraLibrary:
         self._by_stem: dict[str, LoraEntry] = {}
         self._by_alias: dict[str, LoraEntry] = {}
         self._by_rel_name: dict[str, LoraEntry] = {}
+        self._by_rooted_name: dict[str, LoraEntry] = {}
         self._by_casefold: dict[str, list[LoraEntry]] = {}
         self.conflicts: list[str] = []
         self._temp_preview_dir: Path | None = None
@@ -291,18 +293,19 @@ class LoraLibrary:
             return None
         name = name.strip()
         with self._lock:
+            slashed = name.replace("\\", "/")
             found = (self._by_stem.get(name) or self._by_alias.get(name)
-                     or self._by_rel_name.get(name.replace("\\", "/")))
+                     or self._by_rel_name.get(slashed) or self._by_rooted_name.get(slashed))
             if found is not None:
                 return found
             candidates = self._by_casefold.get(name.casefold(), [])
             return candidates[0] if len(candidates) == 1 else None
 
     def name_for(self, entry: LoraEntry, prefer: str = "alias") -> str:
-        """The shortest prompt name that resolves to `entry`: its alias (prefer="alias") or stem if that
-        resolves to it, else the other, else its relative path without extension."""
+        """A prompt name that resolves to `entry`: its alias (prefer="alias") or stem if that resolves
+        to it, else the other, else its relative path without extension, else "<folder name>/<that>"."""
         order = (entry.alias, entry.name) if prefer == "alias" else (entry.name, entry.alias)
-        for candidate in order:
+        for candidate in (*order, entry.rel_name, f"{entry.root.name}/{entry.rel_name}"):
             if candidate and ":" not in candidate and self.resolve(candidate) is entry:
                 return candidate
         return entry.rel_name
@@ -589,9 +592,10 @@ class LoraLibrary:
 
     # ------------------------------------------------------------------ names
     def _build_names(self, report: RefreshReport) -> None:
+        """Name maps in canonical order (first wins), then one conflict message per shared name."""
         by_stem: dict[str, LoraEntry] = {}
-        by_alias: dict[str, LoraEntry] = {}
         by_rel: dict[str, LoraEntry] = {}
+        by_rooted: dict[str, LoraEntry] = {}
         by_casefold: dict[str, list[LoraEntry]] = {}
         stem_groups: dict[str, list[LoraEntry]] = {}
         alias_groups: dict[str, list[LoraEntry]] = {}
@@ -600,13 +604,21 @@ class LoraLibrary:
             if entry.alias != entry.name:
                 alias_groups.setdefault(entry.alias, []).append(entry)
             by_rel.setdefault(entry.rel_name, entry)
-            for key in {entry.name.casefold(), entry.alias.casefold()}:
+            by_rooted.setdefault(f"{entry.root.name}/{entry.rel_name}", entry)
+            for key in dict.fromkeys((entry.name.casefold(), entry.alias.casefold())):
                 by_casefold.setdefault(key, []).append(entry)
-        conflicts: list[str] = []
         for stem, group in stem_groups.items():
             by_stem[stem] = group[0]
+        by_alias = {alias: group[0] for alias, group in alias_groups.items() if alias not in by_stem}
+        self._by_stem, self._by_alias = by_stem, by_alias
+        self._by_rel_name, self._by_rooted_name = by_rel, by_rooted
+        self._by_casefold = by_casefold
+
+        conflicts: list[str] = []
+        for stem, group in stem_groups.items():
             if len(group) > 1:
-                others = ", ".join(f"'{e.rel_path}' (use <lora:{e.rel_name}:...>)" for e in group[1:])
+                others = ", ".join(f"'{e.rel_path}' (use <lora:{self.name_for(e, prefer='stem')}:...>)"
+                                   for e in group[1:])
                 conflicts.append(f"name '{stem}' is used by {len(group)} files: '{group[0].rel_path}' is used; "
                                  f"also {others}")
         for alias, group in alias_groups.items():
@@ -614,23 +626,15 @@ class LoraLibrary:
                 owner = by_stem[alias]
                 for entry in group:
                     conflicts.append(f"alias '{alias}' of '{entry.rel_path}' is also the file name of "
-                                     f"'{owner.rel_path}'; the file name wins (use <lora:{entry.name}:...> "
-                                     f"for '{entry.rel_path}')")
-                continue
-            by_alias[alias] = group[0]
-            if len(group) > 1:
-                others = ", ".join(f"'{e.rel_path}' (use <lora:{self._fallback_name(e, by_stem)}:...>)"
+                                     f"'{owner.rel_path}'; the file name wins (use "
+                                     f"<lora:{self.name_for(entry, prefer='stem')}:...> for '{entry.rel_path}')")
+            elif len(group) > 1:
+                others = ", ".join(f"'{e.rel_path}' (use <lora:{self.name_for(e, prefer='stem')}:...>)"
                                    for e in group[1:])
                 conflicts.append(f"alias '{alias}' is used by {len(group)} files: '{group[0].rel_path}' is used; "
                                  f"also {others}")
-        self._by_stem, self._by_alias, self._by_rel_name = by_stem, by_alias, by_rel
-        self._by_casefold = {k: list(dict.fromkeys(v)) for k, v in by_casefold.items()}
         self.conflicts = conflicts
         report.conflicts = list(conflicts)
-
-    @staticmethod
-    def _fallback_name(entry: LoraEntry, by_stem: dict[str, LoraEntry]) -> str:
-        return entry.name if by_stem.get(entry.name) is entry else entry.rel_name
 
     def _suggest(self, name: str) -> str:
         with self._lock:
