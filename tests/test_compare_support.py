@@ -55,16 +55,21 @@ def write_tiny_lora(pipe, path: Path, seed: int, rank: int = 4, std: float = 0.4
     return path
 
 
+@dataclass
+class Entry:
+    name: str
+    path: Path
+
+
 class StandInLibrary:
     """resolve / specs_for / entries of the LoraLibrary contract, over a name -> file dict."""
 
     def __init__(self, lora_files: dict[str, Path]):
         self.lora_files = dict(lora_files)
-        self.entries: list = []
+        self.entries = [Entry(name, path) for name, path in self.lora_files.items()]
 
     def resolve(self, name: str):
-        path = self.lora_files.get(name)
-        return None if path is None else type("Entry", (), {"name": name, "path": path})()
+        return next((entry for entry in self.entries if entry.name == name), None)
 
     def specs_for(self, tags):
         specs, warnings = [], []

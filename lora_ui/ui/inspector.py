@@ -1,0 +1,80 @@
+"""LoRA inspector: a bar chart of where a LoRA acts (size of its weight change per block: text
+encoder, down/mid/up blocks) and a one-paragraph reading of it, so a style LoRA (mostly up blocks)
+is told from a character LoRA (down/mid, text encoder) at a glance, with a block-weight preset to try.
+
+The numbers come from `LoraManager.delta_norms(path)`, measured on the worker thread
+(`lora_ui.compare.inspect_lora`); this module only turns them into a pandas frame and widgets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from lora_ui import compare as cmp
+from lora_ui.ui import core_access as core
+from lora_ui.ui import notify
+
+CHART_COLUMNS = ("block", "part", "size")
+# One colour per part of the model, the same on every chart.
+PART_COLOURS = {"text encoder": "#8b5cf6", "down": "#0ea5e9", "mid": "#22c55e", "up": "#f97316", "other": "#9ca3af"}
+
+
+def profile_frame(profile: cmp.BlockProfile) -> pd.DataFrame:
+    """BlockProfile -> frame with columns block, part, size (||ΔW||), rows in model order."""
+    return pd.DataFrame([{"block": block, "part": group, "size": norm} for block, group, norm in profile.blocks],
+                        columns=list(CHART_COLUMNS))
+
+
+def empty_frame() -> pd.DataFrame:
+    return pd.DataFrame({"block": pd.Series(dtype=str), "part": pd.Series(dtype=str), "size": pd.Series(dtype=float)})
+
+
+class InspectorHandlers:
+    """Plain-method handlers (unit-tested without a browser)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def inspect(self, lora: Any) -> tuple[Any, str]:
+        """Dropdown value (a name, or a list of names: the first is shown) -> (chart frame, summary)."""
+        name = (lora[0] if lora else "") if isinstance(lora, (list, tuple)) else (lora or "")
+        try:
+            profile = cmp.inspect_lora(self.ctx, name)
+        except cmp.CompareError as exc:
+            notify.warn(f"Not inspected: {exc}")
+            return gr.update(), gr.update()
+        except Exception as exc:  # a broken file or an engine error: say so, keep the page working
+            notify.warn(f"Could not inspect '{name}': {exc}")
+            return gr.update(), gr.update()
+        return profile_frame(profile), f"**{name}** — {profile.summary()}"
+
+
+@dataclass
+class InspectorPanel:
+    lora: gr.Dropdown
+    inspect: gr.Button
+    chart: gr.BarPlot
+    summary: gr.Markdown
+
+
+def build_inspector(ctx: Any, handlers: InspectorHandlers | None = None, lora: gr.Dropdown | None = None) -> InspectorPanel:
+    """Layout (inside a Blocks context). With `lora` given (e.g. the compare tab's picker) it is
+    reused as the input; otherwise the panel gets its own LoRA dropdown."""
+    h = handlers or InspectorHandlers(ctx)
+    with gr.Column(elem_id="lora_inspector"):
+        gr.Markdown("Where the LoRA acts: size of its weight change ‖ΔW‖ per block "
+                    "(text encoder, down, mid and up blocks of the UNet).")
+        with gr.Row(equal_height=True):
+            if lora is None:
+                lora = gr.Dropdown(core.names_in(core.library_entries(ctx)), label="LoRA", allow_custom_value=True,
+                                   elem_id="inspector_lora", scale=4)
+            inspect = gr.Button("Inspect", elem_id="inspector_run", scale=1)
+        chart = gr.BarPlot(empty_frame(), x="block", y="size", color="part", color_map=PART_COLOURS,
+                           x_title="block", y_title="‖ΔW‖", sort=None, x_label_angle=-45, height=280,
+                           label="Weight change per block", elem_id="inspector_chart")
+        summary = gr.Markdown("", elem_id="inspector_summary")
+    inspect.click(h.inspect, inputs=[lora], outputs=[chart, summary], show_progress="minimal")
+    return InspectorPanel(lora, inspect, chart, summary)
