@@ -207,13 +207,16 @@ def assert_same_state(pipe, snap: dict) -> None:
     assert now["tokenizers"] == snap["tokenizers"], "tokenizers differ"
 
 
-def merged_copy(pipe, deltas: dict[tuple[str, str], Tensor]):
-    """A deep copy of pipe with W += ΔW (fp32 math, rounded once) for each (component, path)."""
+def merged_copy(pipe, deltas: dict[tuple[str, str], Tensor | tuple[Tensor, Tensor | None]]):
+    """A deep copy of pipe with W += ΔW (and b += Δb) in float64, rounded once, for each (component, path)."""
     import copy
 
     clone = copy.deepcopy(pipe)
     with torch.no_grad():
-        for (comp, path), dw in deltas.items():
+        for (comp, path), delta in deltas.items():
+            dw, db = delta if isinstance(delta, tuple) else (delta, None)
             m = getattr(clone, comp).get_submodule(path)
-            m.weight.copy_((m.weight.float() + dw.reshape(m.weight.shape)).to(m.weight.dtype))
+            m.weight.copy_((m.weight.double() + dw.double().reshape(m.weight.shape)).to(m.weight.dtype))
+            if db is not None:
+                m.bias.copy_((m.bias.double() + db.double().reshape(m.bias.shape)).to(m.bias.dtype))
     return clone
