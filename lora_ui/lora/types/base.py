@@ -324,12 +324,22 @@ class NetworkModule(ABC):
         return merged.sub_(orig32)
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """True when no element is NaN/Inf.
+
+    A finite sum proves it (any NaN or Inf makes the sum NaN or Inf) and costs a fraction of
+    `isfinite(t).all()` on fp16 CPU tensors (~0.03 s vs ~0.35 s for a 16M-value file); only a
+    non-finite sum (which huge finite values can also cause) needs the exact check.
+    """
+    total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else FP32)
+    if bool(torch.isfinite(total)):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def check_finite(parts: Mapping[str, Tensor]) -> None:
     """LoraError naming the parts that hold NaN or Inf."""
-    bad = [
-        name
-        for name, t in parts.items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    bad = [name for name, t in parts.items() if t.is_floating_point() and not all_finite(t)]
     if bad:
-        raise LoraError(f"parts {', '.join(sorted(bad))} contain NaN or Inf values")
+        names = ", ".join(sorted(bad))
+        raise LoraError(f"{names} {'contains' if len(bad) == 1 else 'contain'} NaN or Inf values")
