@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ class SdApi:
                                               "or absolute path); use the name GET /sdapi/v1/loras lists"))
             elif library is None:
                 errors.append(ApiError(field, f"LoRA {name!r} asked for, but no LoRA folder is configured"))
-            elif library.resolve(name) is None:
+            elif (entry := library.resolve(name)) is not None and getattr(entry, "broken", False):
+                errors.append(ApiError(field, f"LoRA {name!r} cannot be used: {getattr(entry, 'error', '') or 'broken file'}"))
+            elif entry is None:
                 known = sorted(e.name for e in getattr(library, "entries", []))
                 shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
                 errors.append(ApiError(field, f"unknown LoRA {name!r}; known LoRAs: {shown or 'none'} "
@@ -154,6 +157,7 @@ class SdApi:
             errors.append(ApiError("scheduler", str(exc)))
 
         _, tags, warnings = extract_lora_tags(body.prompt)
+        errors += _malformed_lora_tags(body.prompt)
         errors += self._check_lora_names([t.name for t in tags], "prompt")
         errors += self._check_lora_names(list(extra_lora_names), "loras")
 
@@ -389,6 +393,23 @@ class SdApi:
 def _looks_like_path(name: str) -> bool:
     return ("/" in name or "\\" in name or ".." in name or PurePosixPath(name).is_absolute()
             or PureWindowsPath(name).is_absolute() or bool(PureWindowsPath(name).drive) or "\x00" in name)
+
+
+_LORA_TAG_RE = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)
+
+
+def _malformed_lora_tags(prompt: str) -> list[ApiError]:
+    """The UI drops a malformed `<lora:...>` tag with a warning; an API client gets a 422 instead,
+    since it asked for a LoRA it would silently not get (e.g. a path such as `<lora:C:\\x:1>`)."""
+    from lora_ui.prompt import PromptSyntaxError, parse_lora_tag
+
+    errors = []
+    for match in _LORA_TAG_RE.finditer(prompt):
+        try:
+            parse_lora_tag(match.group(1), match.group(2), text=match.group(0))
+        except PromptSyntaxError as exc:
+            errors.append(ApiError("prompt", str(exc)))
+    return errors
 
 
 def _single(req: Any) -> Any:
