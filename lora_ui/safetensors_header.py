@@ -90,30 +90,41 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
                 raise _fail(label, f"__metadata__ value of {key!r} is a JSON {type(value).__name__}, "
                                    "but safetensors metadata values must be strings")
             metadata[key] = value
-    data_size = None if file_size is None else file_size - 8 - size
+    data_size = file_size - 8 - size if file_size is not None else None
     tensors: dict[str, TensorInfo] = {}
+    dtypes = _DTYPE_SIZES
+    # One tight loop: a LoRA header has thousands of entries and listing reads thousands of headers.
     for name, entry in raw.items():
-        tensors[name] = _tensor_info(label, name, entry, data_size)
+        try:
+            dtype = entry["dtype"]
+            shape = entry["shape"]
+            begin, end = entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise _tensor_entry_error(label, name, entry) from None
+        if (dtype.__class__ is not str or dtype not in dtypes or shape.__class__ is not list
+                or begin.__class__ is not int or end.__class__ is not int or not 0 <= begin <= end):
+            raise _tensor_entry_error(label, name, entry)
+        for dim in shape:
+            if dim.__class__ is not int or dim < 0:
+                raise _tensor_entry_error(label, name, entry)
+        if data_size is not None and end > data_size:
+            raise _fail(label, f"tensor {name!r}: data ends at byte {end} but the file holds only "
+                               f"{data_size} bytes of tensor data (truncated file)")
+        tensors[name] = TensorInfo(dtype, tuple(shape), (begin, end))
     return SafetensorsHeader(tensors=tensors, metadata=metadata, header_size=size)
 
 
-def _tensor_info(label: str, name: str, entry: Any, data_size: int | None) -> TensorInfo:
+def _tensor_entry_error(label: str, name: str, entry: Any) -> SafetensorsHeaderError:
+    """The precise message for a malformed tensor entry (slow path, only on errors)."""
     if not isinstance(entry, dict):
-        raise _fail(label, f"tensor {name!r}: entry is a JSON {type(entry).__name__}, expected an object")
+        return _fail(label, f"tensor {name!r}: entry is a JSON {type(entry).__name__}, expected an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:
-        raise _fail(label, f"tensor {name!r}: unknown dtype {dtype!r}")
+        return _fail(label, f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise _fail(label, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]):
-        raise _fail(label, f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end] byte positions")
-    if data_size is not None and offsets[1] > data_size:
-        raise _fail(label, f"tensor {name!r}: data ends at byte {offsets[1]} but the file holds only "
-                           f"{data_size} bytes of tensor data (truncated file)")
-    return TensorInfo(dtype=dtype, shape=tuple(shape), data_offsets=(offsets[0], offsets[1]))
+        return _fail(label, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    return _fail(label, f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end] byte positions")
 
 
 def read_header(path: str | os.PathLike) -> SafetensorsHeader:

@@ -20,10 +20,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import multiprocessing
 import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -41,6 +44,7 @@ LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 PICKLE_SUFFIXES = (".pt", ".ckpt")
 CACHE_FILE_NAME = "lora-library.json"
 CACHE_VERSION = 1
+POOL_MIN_FILES_PER_WORKER = 100  # below this, starting worker processes costs more than it saves
 
 
 class LibraryError(ValueError):
@@ -216,10 +220,58 @@ def _sig(stat: os.stat_result) -> list[int]:
     return [int(stat.st_size), int(stat.st_mtime_ns)]
 
 
+def write_cover(preview_dir: str, path_str: str, sig: list[int], value: str) -> str | None:
+    """Decode the first `ssmd_cover_images` image into preview_dir (name keyed by path, size, mtime)."""
+    decoded = sidecars.decode_cover_image(value)
+    if decoded is None:
+        return None
+    data, ext = decoded
+    key = hashlib.sha1(f"{path_str}|{sig[0]}|{sig[1]}".encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    target = Path(preview_dir) / f"{key}.{ext}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.write_bytes(data)
+    except OSError:
+        return None
+    return str(target)
+
+
+def read_file_record(job: tuple[str, str, list[int], str]) -> dict[str, Any]:
+    """A fresh cache record for one file (runs in worker processes too): the header summary, or the
+    error that makes the entry broken. job = (path, file name, [size, mtime_ns], preview folder)."""
+    path_str, name, sig, preview_dir = job
+    record: dict[str, Any] = {"sig": sig}
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        record["pickle"] = True
+        record["summary"] = None
+        return record
+    try:
+        header = read_header(path_str)
+    except SafetensorsHeaderError as exc:
+        record["summary"] = None
+        record["error"] = str(exc).removeprefix(path_str + ": ")
+        return record
+    summary = summarize_header(header)
+    if summary.module_count == 0:
+        record["error"] = ("contains no LoRA network tensors" if header.tensors else "contains no tensors") \
+            + "; not a LoRA file"
+    record["summary"] = summary.to_dict()
+    record["data_start"] = header.data_start
+    if summary.cover_image:
+        record["cover_source"] = True
+        record["cover"] = write_cover(preview_dir, path_str, sig, header.metadata.get("ssmd_cover_images", ""))
+    return record
+
+
 class LoraLibrary:
     """LoRA files under `dirs` (recursive), with sidecars, hashes and a disk cache in `cache_dir`."""
 
-    def __init__(self, dirs: Sequence[Path | str], cache_dir: Path | str | None = None, allow_pickle: bool = False):
+    def __init__(self, dirs: Sequence[Path | str], cache_dir: Path | str | None = None, allow_pickle: bool = False,
+                 max_workers: int | None = None):
+        """`max_workers`: processes for reading many new headers at once (default: CPU count, at most 8;
+        1 = always in this process)."""
+        self.max_workers = max(1, max_workers if max_workers is not None else min(8, os.cpu_count() or 1))
         self.dirs: list[Path] = [Path(d) for d in dirs]
         self.cache_dir: Path | None = Path(cache_dir) if cache_dir is not None else None
         self.allow_pickle = allow_pickle
@@ -252,8 +304,10 @@ class LoraLibrary:
         with self._lock:
             if self._records is None:
                 self._records = self._load_cache(report)
-            seen: dict[str, LoraEntry] = {}
-            order: list[tuple[tuple, LoraEntry]] = []
+            # phase 1: list folders; note which files are new or changed (size or mtime differ)
+            found: list[tuple[int, Path, str, str, os.stat_result, dict, dict[str, str]]] = []
+            listed: set[str] = set()
+            to_read: list[tuple[str, str, list[int]]] = []
             for dir_index, root in enumerate(self.dirs):
                 if not root.is_dir():
                     report.warnings.append(f"LoRA folder {root} does not exist or is not a folder")
@@ -261,16 +315,27 @@ class LoraLibrary:
                 for folder, files in self._walk(root, report):
                     names_lower = {name.lower(): name for name in files}
                     for name, stat in files.items():
-                        suffix = os.path.splitext(name)[1].lower()
-                        if suffix not in LORA_SUFFIXES or stat is None:
+                        if stat is None or os.path.splitext(name)[1].lower() not in LORA_SUFFIXES:
                             continue
                         path_str = os.path.join(folder, name)
-                        if path_str in seen:
+                        if path_str in listed:
                             continue
-                        entry = self._entry_for(root, folder, name, stat, files, names_lower, report)
-                        seen[path_str] = entry
-                        depth = entry.rel_path.count("/")
-                        order.append(((dir_index, depth, entry.rel_path.casefold(), entry.rel_path), entry))
+                        listed.add(path_str)
+                        found.append((dir_index, root, folder, name, stat, files, names_lower))
+                        record = self._records.get(path_str)
+                        if record is None or record.get("sig") != _sig(stat) or "summary" not in record:
+                            to_read.append((path_str, name, _sig(stat)))
+            # phase 2: read the headers of new/changed files (in worker processes when there are many)
+            fresh = self._read_files(to_read, report)
+            # phase 3: entries, reusing unchanged ones
+            seen: dict[str, LoraEntry] = {}
+            order: list[tuple[tuple, LoraEntry]] = []
+            for dir_index, root, folder, name, stat, files, names_lower in found:
+                path_str = os.path.join(folder, name)
+                entry = self._entry_for(root, folder, name, stat, files, names_lower, fresh.get(path_str), report)
+                seen[path_str] = entry
+                depth = entry.rel_path.count("/")
+                order.append(((dir_index, depth, entry.rel_path.casefold(), entry.rel_path), entry))
             removed = [p for p in self._by_path if p not in seen]
             report.removed = len(removed)
             for path_str in list(self._records):
@@ -436,20 +501,22 @@ class LoraLibrary:
 
     def _entry_for(self, root: Path, folder: str, name: str, stat: os.stat_result,
                    files: dict[str, os.stat_result | None], names_lower: dict[str, str],
-                   report: RefreshReport) -> LoraEntry:
+                   fresh_record: dict[str, Any] | None, report: RefreshReport) -> LoraEntry:
         path_str = os.path.join(folder, name)
         sig = _sig(stat)
-        record = self._records.get(path_str) if self._records is not None else None
+        record = self._records.get(path_str)
         previous = self._by_path.get(path_str)
-        if record is not None and record.get("sig") == sig and "summary" in record:
+        if fresh_record is None:
             report.unchanged += 1
+            if previous is not None and (previous.size, previous.mtime_ns) != tuple(sig):
+                previous = None
         else:
             if record is None and previous is None:
                 report.added += 1
             else:
                 report.changed += 1
             previous = None
-            record = self._read_file(path_str, name, sig, report)
+            record = fresh_record
             self._records[path_str] = record
             self._cache_dirty = True
 
@@ -480,30 +547,22 @@ class LoraLibrary:
         self._apply_sidecars(entry, record, folder, stem, files, names_lower, report)
         return entry
 
-    def _read_file(self, path_str: str, name: str, sig: list[int], report: RefreshReport) -> dict[str, Any]:
-        """A fresh cache record for one file: header summary, or the error that makes it broken."""
-        record: dict[str, Any] = {"sig": sig}
-        if name.lower().endswith(PICKLE_SUFFIXES):
-            record["pickle"] = True
-            record["summary"] = None
-            return record
-        report.headers_read += 1
-        try:
-            header = read_header(path_str)
-        except SafetensorsHeaderError as exc:
-            record["summary"] = None
-            record["error"] = str(exc).removeprefix(path_str + ": ")
-            return record
-        summary = summarize_header(header)
-        if summary.module_count == 0:
-            record["error"] = ("contains no LoRA network tensors" if header.tensors else "contains no tensors") \
-                + "; not a LoRA file"
-        record["summary"] = summary.to_dict()
-        record["data_start"] = header.data_start
-        if summary.cover_image:
-            record["cover_source"] = True
-            record["cover"] = self._write_cover(path_str, sig, header.metadata.get("ssmd_cover_images", ""))
-        return record
+    def _read_files(self, to_read: list[tuple[str, str, list[int]]], report: RefreshReport) -> dict[str, dict[str, Any]]:
+        """Fresh cache records for new/changed files. Many files: a pool of worker processes (header
+        parsing is CPU-bound JSON work); few: in this process."""
+        preview_dir = str(self._preview_dir())
+        jobs = [(path_str, name, sig, preview_dir) for path_str, name, sig in to_read]
+        report.headers_read = sum(1 for _, name, _ in to_read if not name.lower().endswith(PICKLE_SUFFIXES))
+        workers = min(self.max_workers, (len(jobs) + POOL_MIN_FILES_PER_WORKER - 1) // POOL_MIN_FILES_PER_WORKER)
+        if workers >= 2:
+            try:
+                context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                    records = list(pool.map(read_file_record, jobs, chunksize=max(8, len(jobs) // (workers * 8))))
+                return {job[0]: record for job, record in zip(jobs, records)}
+            except (OSError, RuntimeError, BrokenProcessPool) as exc:
+                report.warnings.append(f"parallel header reading failed ({exc}); reading in this process")
+        return {job[0]: read_file_record(job) for job in jobs}
 
     def _preview_dir(self) -> Path:
         if self.cache_dir is not None:
@@ -511,21 +570,6 @@ class LoraLibrary:
         if self._temp_preview_dir is None:
             self._temp_preview_dir = Path(tempfile.mkdtemp(prefix="lora-ui-previews-"))
         return self._temp_preview_dir
-
-    def _write_cover(self, path_str: str, sig: list[int], value: str) -> str | None:
-        decoded = sidecars.decode_cover_image(value)
-        if decoded is None:
-            return None
-        data, ext = decoded
-        key = hashlib.sha1(f"{path_str}|{sig[0]}|{sig[1]}".encode("utf-8", "surrogatepass")).hexdigest()[:20]
-        target = self._preview_dir() / f"{key}.{ext}"
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists():
-                target.write_bytes(data)
-        except OSError:
-            return None
-        return str(target)
 
     def _apply_sidecars(self, entry: LoraEntry, record: dict[str, Any], folder: str, stem: str,
                         files: dict[str, os.stat_result | None], names_lower: dict[str, str],
@@ -565,7 +609,8 @@ class LoraLibrary:
                 # cache folder was cleaned: read the header again for the embedded cover image
                 try:
                     header = read_header(entry.path)
-                    cover = self._write_cover(str(entry.path), record["sig"], header.metadata.get("ssmd_cover_images", ""))
+                    cover = write_cover(str(self._preview_dir()), str(entry.path), record["sig"],
+                                        header.metadata.get("ssmd_cover_images", ""))
                 except SafetensorsHeaderError:
                     cover = None
                 record["cover"] = cover

@@ -523,3 +523,19 @@ def test_specs_for_tags(lora_dir):
         LoraSpec(path=lora_dir / "styles" / "deep" / "xl_thing.safetensors", name="xl_thing", te=0.8, unet=0.2),
     ]
     assert warnings == ["<lora:plian:1>: no LoRA named 'plian' in the library (did you mean 'plain'?); ignored"]
+
+
+def test_worker_processes_give_the_same_entries_as_a_single_process(tmp_path, monkeypatch):
+    root = tmp_path / "Lora"
+    for i, network_type in enumerate(("LoRA", "LoHa", "LoKr", "OFT")):
+        make_lora(root / f"d{i % 2}" / f"f{i}.safetensors", network_type, kohya_metadata(f"alias{i}"), seed=i)
+    (root / "bad.safetensors").write_bytes(b"nope")
+    serial, serial_report = refreshed(root, tmp_path / "c1", max_workers=1)
+    monkeypatch.setattr(library_module, "POOL_MIN_FILES_PER_WORKER", 2)
+    pooled, pooled_report = refreshed(root, tmp_path / "c2", max_workers=2)
+    assert pooled_report.warnings == [] and pooled_report.headers_read == 5
+    fields = ("name", "alias", "rel_path", "arch", "network_type", "rank", "broken", "error", "data_start")
+    assert [[getattr(e, f) for f in fields] for e in pooled.entries] == \
+        [[getattr(e, f) for f in fields] for e in serial.entries]
+    assert pooled_report.broken == serial_report.broken == ["bad.safetensors: file is too short to be safetensors "
+                                                            "(4 bytes, need at least 8)"]
