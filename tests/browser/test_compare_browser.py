@@ -91,3 +91,14 @@ def test_sweep_gives_a_downloadable_grid_and_a_bad_list_warns(page, app_server):
     download = fetch_url(page, link.get_attribute("href"))
     assert 'X Values: "0, 1"' in download.info.get("parameters", ""), download.info
     expect(page.locator("#compare_sweep_caption")).to_contain_text("3 renders")
+
+
+def test_inspector_charts_where_the_picked_lora_acts(page, app_server):
+    open_compare(page)
+    pick_lora(page, "papercut")
+    page.locator("#compare_inspector").get_by_text("LoRA inspector").click()
+    page.locator("#inspector_run").click()
+    summary = page.locator("#inspector_summary")
+    expect(summary).to_contain_text("papercut", timeout=60_000)
+    expect(summary).to_contain_text("Weight change by part")
+    expect(page.locator("#inspector_chart")).to_contain_text("‖ΔW‖")
