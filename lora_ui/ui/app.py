@@ -46,15 +46,13 @@ def build_ui(ctx: Any) -> gr.Blocks:
     with gr.Blocks(title="LoRA UI", analytics_enabled=False) as demo:
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                t2i, place_lora_panes = build_txt2img_tab(ctx)
-
-                def lora_panes() -> None:
+                def lora_panes(prompt: gr.Textbox, last_image: gr.State) -> None:
                     with gr.Accordion("Active LoRAs", open=True, elem_id="active_loras"):
-                        build_active_loras(ctx, t2i.prompt)
+                        build_active_loras(ctx, prompt)
                     with gr.Accordion("LoRA", open=True, elem_id="lora_browser"):
-                        build_lora_browser(ctx, t2i.prompt, t2i.last_image, BrowserHandlers(ctx, thumbs))
+                        build_lora_browser(ctx, prompt, last_image, BrowserHandlers(ctx, thumbs))
 
-                place_lora_panes(lora_panes)
+                t2i = build_txt2img_tab(ctx, lora_panes)
             compare = None
             with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
                 try:

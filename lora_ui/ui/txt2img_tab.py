@@ -273,10 +273,13 @@ PROGRESS_CSS = """
 """
 
 
-def build_txt2img_tab(ctx: Any, handlers: Txt2ImgHandlers | None = None) -> tuple[Txt2ImgTab, Callable]:
-    """Layout (call inside a Blocks/Tab context). Returns the tab and a function `wire_lora_panes()`
-    the app calls to put the browser and sliders in place (they need the prompt component)."""
+def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], None] | None = None,
+                      handlers: Txt2ImgHandlers | None = None) -> Txt2ImgTab:
+    """Layout (call inside a Blocks/Tab context). `lora_panes(prompt, last_image)` builds the active-LoRA
+    rows and the card grid under the prompt (A1111's extra-networks place)."""
     h = handlers or Txt2ImgHandlers(ctx)
+    last_images, last_seeds, last_infotexts = gr.State([]), gr.State([]), gr.State([])
+    selected_index, last_image = gr.State(None), gr.State(None)
     samplers, schedules = sampler_choices()
     model = core.current_model(ctx)
     default_size = int(getattr(model, "default_size", 0) or 0)
@@ -291,7 +294,9 @@ def build_txt2img_tab(ctx: Any, handlers: Txt2ImgHandlers | None = None) -> tupl
                 interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
             send_to_compare = gr.Button("Send to compare", elem_id="txt2img_send_to_compare", size="sm")
-    lora_area = gr.Column(elem_id="txt2img_lora_area")
+    if lora_panes is not None:
+        with gr.Column(elem_id="txt2img_lora_area"):
+            lora_panes(prompt, last_image)
     with gr.Row(elem_id="txt2img_main"):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             with gr.Row():
@@ -322,8 +327,6 @@ def build_txt2img_tab(ctx: Any, handlers: Txt2ImgHandlers | None = None) -> tupl
                                  interactive=False)
             infotext = gr.Textbox(label="Generation parameters (infotext)", lines=4, interactive=False,
                                   elem_id="txt2img_infotext", buttons=["copy"])
-    last_images, last_seeds, last_infotexts = gr.State([]), gr.State([]), gr.State([])
-    selected_index, last_image = gr.State(None), gr.State(None)
     tab = Txt2ImgTab(prompt, negative, generate, interrupt, skip, sampler, schedule, steps, cfg, width, height,
                      seed, random_seed, reuse_seed, batch_size, batch_count, clip_skip, progress, preview, gallery,
                      infotext, send_to_compare, last_images, last_seeds, last_infotexts, selected_index, last_image)
@@ -342,9 +345,4 @@ def build_txt2img_tab(ctx: Any, handlers: Txt2ImgHandlers | None = None) -> tupl
                    show_progress="hidden").then(
         lambda paths, i: paths[i] if paths and i is not None and i < len(paths) else gr.update(),
         inputs=[last_images, selected_index], outputs=[last_image], show_progress="hidden")
-
-    def place_lora_panes(build: Callable[[], None]) -> None:
-        with lora_area:
-            build()
-
-    return tab, place_lora_panes
+    return tab
