@@ -91,6 +91,13 @@ class SdApi:
 
         if not isinstance(ref, str) or not ref.strip():
             raise ApiError(field, f"must be a checkpoint title or name (GET /sdapi/v1/sd-models), got {ref!r}")
+        listed = self.ctx.models.list()
+        names = {n for c in listed for n in (c.title, c.filename, c.name, c.model_name)}
+        bare = ref.strip().rsplit(" [", 1)[0] if ref.strip().endswith("]") else ref.strip()
+        if ref.strip() not in names and bare not in names:
+            # only listed checkpoints: an API client may not make the server load an arbitrary path
+            known = ", ".join(sorted(c.title for c in listed)) or "none"
+            raise ApiError(field, f"unknown checkpoint {ref!r}; known checkpoints: {known}")
         try:
             self.ctx.models.resolve(ref)
         except CheckpointError as exc:

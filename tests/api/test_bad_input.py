@@ -106,8 +106,13 @@ def test_png_info_bad_images(client, untouched):
     assert_error(client.post("/sdapi/v1/png-info", json={"image": 42}), 422, "image")
 
 
-def test_bad_options(client, untouched):
+def test_bad_options(api_env, client, untouched):
     assert_error(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "../../etc"}), 422, "sd_model_checkpoint")
+    # a real checkpoint, but given as a path: the API only loads what /sd-models lists, by name
+    existing = str(api_env.root / "Stable-diffusion" / "tiny-b")
+    body = assert_error(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": existing}), 422,
+                        "sd_model_checkpoint")
+    assert "tiny-b" in body["detail"]  # the known names are listed
     assert_error(client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": "two"}), 422,
                  "override_settings.CLIP_stop_at_last_layers")
     assert_error(client.post("/sdapi/v1/options", content=b"{", headers={"content-type": "application/json"}),
