@@ -6,13 +6,15 @@ nothing and a refresh reads only new or changed files. Hashes are computed on de
 background thread) and cached the same way.
 
 Name rule (deterministic, also reported by `refresh()` as conflicts): entries are ordered by
-(index of the library folder, number of subfolders, relative path case-folded, relative path).
+(index of the library folder, number of subfolders, relative path without extension case-folded,
+.safetensors before .pt/.ckpt, relative path).
 A prompt name resolves, in this order, to:
   1. the first entry in that order whose file stem is the name,
   2. else the first entry whose alias (`ss_output_name`) is the name (a stem always beats an alias),
   3. else the entry whose relative path without extension is the name ("styles/foo"), then the one
-     whose library-folder name plus that path is ("LyCORIS/foo"): this is how a shadowed duplicate
-     stays reachable (the conflict report names the prompt name to use),
+     whose library-folder name plus that path is ("LyCORIS/foo"), then the same with the extension
+     ("foo.pt"): this is how a shadowed duplicate stays reachable (the conflict report names the
+     prompt name to use),
   4. else the single entry whose stem or alias equals the name ignoring case.
 """
 from __future__ import annotations
@@ -335,7 +337,8 @@ class LoraLibrary:
                 entry = self._entry_for(root, folder, name, stat, files, names_lower, fresh.get(path_str), report)
                 seen[path_str] = entry
                 depth = entry.rel_path.count("/")
-                order.append(((dir_index, depth, entry.rel_path.casefold(), entry.rel_path), entry))
+                pickle_last = 0 if entry.is_safetensors else 1
+                order.append(((dir_index, depth, entry.rel_name.casefold(), pickle_last, entry.rel_path), entry))
             removed = [p for p in self._by_path if p not in seen]
             report.removed = len(removed)
             for path_str in list(self._records):
@@ -368,9 +371,11 @@ class LoraLibrary:
 
     def name_for(self, entry: LoraEntry, prefer: str = "alias") -> str:
         """A prompt name that resolves to `entry`: its alias (prefer="alias") or stem if that resolves
-        to it, else the other, else its relative path without extension, else "<folder name>/<that>"."""
+        to it, else the other, else its relative path without extension, else "<folder name>/<that>",
+        else the same two with the extension."""
         order = (entry.alias, entry.name) if prefer == "alias" else (entry.name, entry.alias)
-        for candidate in (*order, entry.rel_name, f"{entry.root.name}/{entry.rel_name}"):
+        for candidate in (*order, entry.rel_name, f"{entry.root.name}/{entry.rel_name}", entry.rel_path,
+                          f"{entry.root.name}/{entry.rel_path}"):
             if candidate and ":" not in candidate and self.resolve(candidate) is entry:
                 return candidate
         return entry.rel_name
@@ -650,6 +655,8 @@ class LoraLibrary:
                 alias_groups.setdefault(entry.alias, []).append(entry)
             by_rel.setdefault(entry.rel_name, entry)
             by_rooted.setdefault(f"{entry.root.name}/{entry.rel_name}", entry)
+            by_rel.setdefault(entry.rel_path, entry)  # with extension: tells x.pt from x.safetensors
+            by_rooted.setdefault(f"{entry.root.name}/{entry.rel_path}", entry)
             for key in dict.fromkeys((entry.name.casefold(), entry.alias.casefold())):
                 by_casefold.setdefault(key, []).append(entry)
         for stem, group in stem_groups.items():

@@ -539,3 +539,33 @@ def test_worker_processes_give_the_same_entries_as_a_single_process(tmp_path, mo
         [[getattr(e, f) for f in fields] for e in serial.entries]
     assert pooled_report.broken == serial_report.broken == ["bad.safetensors: file is too short to be safetensors "
                                                             "(4 bytes, need at least 8)"]
+
+
+def test_safetensors_beats_a_pickle_of_the_same_name(tmp_path):
+    root = tmp_path / "Lora"
+    make_lora(root / "x.safetensors")
+    (root / "x.pt").write_bytes(b"pickle")
+    library, report = refreshed(root)
+    assert library.resolve("x").path == root / "x.safetensors"
+    assert report.conflicts == ["name 'x' is used by 2 files: 'x.safetensors' is used; also 'x.pt' (use <lora:x.pt:...>)"]
+    assert library.resolve("x.pt").path == root / "x.pt"
+
+
+def test_pasted_infotext_finds_a_renamed_file_by_hash(tmp_path):
+    from lora_ui.infotext import create_infotext, parse_infotext, resolve_pasted_loras
+
+    root = tmp_path / "Lora"
+    make_lora(root / "detail_tweaker.safetensors", seed=11)
+    library, _ = refreshed(root)
+    original_hash = library.resolve("detail_tweaker").short_hash()
+    text = create_infotext("a cat <lora:detail_tweaker:0.6>", "", {"Steps": 20, "Sampler": "Euler a", "Seed": 1,
+                                                                  "Lora hashes": {"detail_tweaker": original_hash}})
+    (root / "detail_tweaker.safetensors").rename(root / "sub_renamed.safetensors")
+    library.refresh()
+    assert library.resolve("detail_tweaker") is None
+    parsed = parse_infotext(text)
+    prompt, messages = resolve_pasted_loras(parsed["Prompt"], parsed["Lora hashes"], library)
+    assert prompt == "a cat <lora:sub_renamed:0.6>"
+    assert messages == [f"<lora:detail_tweaker>: matched by hash {original_hash} to the local file 'sub_renamed'"]
+    specs, warnings = library.specs_for(extract_lora_tags(prompt)[1])
+    assert warnings == [] and specs[0].path == root / "sub_renamed.safetensors"
