@@ -130,7 +130,8 @@ class WorkerSession:
         for n in range(max(1, req.batch_count)):
             if n > 0 and self.interrupted:
                 break
-            self.progress.begin_iteration(self._iterations_started, req.steps)
+            self.progress.begin_iteration(self._iterations_started, req.steps,
+                                          textinfo=f"txt2img: image {n + 1} of {max(1, req.batch_count)}")
             self._iterations_started += 1
             self._worker._clear_skip(self.job_id)
             iteration = replace(req, seed=seed + n * req.batch_size, batch_count=1)
@@ -143,6 +144,7 @@ class WorkerSession:
     def switch_model(self, ref: str | None) -> "LoadedModel":
         """Switch checkpoints inside this job (e.g. a per-request override); later renders of the job
         use the new model. On failure the old model stays and the exception propagates."""
+        self.progress.set_textinfo(f"Loading checkpoint {ref or '(default)'}")
         self.model = self._worker._do_switch(ref)
         self.loras = self._worker._current_loras()
         return self.model
@@ -248,7 +250,7 @@ class Worker:
         """Queue a checkpoint switch, run between renders; on failure the old model stays loaded."""
         if self._switch_model is None:
             raise ValueError("this worker was built without a switch_model function; it cannot change models")
-        return self.submit(lambda session: self._do_switch(ref), kind="switch_model")
+        return self.submit(lambda session: session.switch_model(ref), kind="switch_model")
 
     def progress(self, with_preview: bool = True) -> ProgressState:
         return self._progress.snapshot(with_preview=with_preview)

@@ -152,6 +152,7 @@ def test_progress_reports_rising_steps_and_a_preview(api_env):
     assert preview.size == (16, 16)  # the latents' size: 32 px / the tiny VAE's factor 2
     assert all(s["eta_relative"] >= 0 for s in during)
     assert any(s["state"]["job_count"] == 1 and s["current_task"] for s in during)
+    assert all(s["textinfo"] == "txt2img: image 1 of 1" for s in during)
     with api_env.client() as c:
         idle = c.get("/sdapi/v1/progress").json()
     assert idle["progress"] == 0 and idle["current_image"] is None and idle["state"]["job_count"] == 0

@@ -247,6 +247,7 @@ def test_progress_reports_steps_preview_and_goes_idle(parts):
     assert state.queue_size == 1
     assert state.preview_png is not None and state.preview_png.startswith(b"\x89PNG")
     assert state.sampling_started_at is not None and state.job_started_at <= state.sampling_started_at
+    assert state.textinfo == "txt2img: image 1 of 2"
     gen.gate.set()
     fut.result(10)
     queued.result(10)
