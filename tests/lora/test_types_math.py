@@ -475,3 +475,73 @@ def test_low_rank_factors_keep_file_dtype() -> None:
     factors = load_network_module(case.parts, case.target).low_rank_factors()
     assert factors.down.dtype == torch.float16 and factors.up.dtype == torch.float16
     assert factors.down.shape == (4, 6, 3, 3) and factors.up.shape == (8, 4, 1, 1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    o1=st.integers(1, 4), o2=st.integers(1, 4), i1=st.integers(1, 4), i2=st.integers(1, 4), rank=st.integers(1, 3),
+    kernel=st.sampled_from([None, 1, 3]), w1_form=st.sampled_from(["full", "lowrank"]),
+    w2_form=st.sampled_from(["full", "lowrank", "tucker"]), seed=st.integers(0, 2**16),
+)
+def test_lokr_random_shapes_and_forms(o1, o2, i1, i2, rank, kernel, w1_form, w2_form, seed) -> None:
+    g = seeded(seed)
+    if kernel is None and w2_form == "tucker":
+        w2_form = "lowrank"  # Tucker cores are for convs
+    target = linear(o1 * o2, i1 * i2, seed) if kernel is None else conv(o1 * o2, i1 * i2, kernel, seed)
+    W = weight_of(target)
+    k = () if kernel is None else (kernel, kernel)
+    parts: dict[str, Tensor] = {"alpha": torch.tensor(1.5)}
+    if w1_form == "full":
+        parts["lokr_w1"] = rnd(g, o1, i1)
+    else:
+        parts["lokr_w1_a"], parts["lokr_w1_b"] = rnd(g, o1, rank), rnd(g, rank, i1)
+    if w2_form == "full":
+        parts["lokr_w2"] = rnd(g, o2, i2, *k)
+    elif w2_form == "lowrank":
+        parts["lokr_w2_a"], parts["lokr_w2_b"] = rnd(g, o2, rank), rnd(g, rank, i2 * (kernel or 1) ** 2)
+    else:
+        parts["lokr_w2_a"], parts["lokr_w2_b"], parts["lokr_t2"] = rnd(g, rank, o2), rnd(g, rank, i2), rnd(g, rank, rank, *k)
+    module = load_network_module(parts, target)
+    raw = F.lokr_raw(
+        w1=parts.get("lokr_w1"), w1a=parts.get("lokr_w1_a"), w1b=parts.get("lokr_w1_b"), w2=parts.get("lokr_w2"),
+        w2a=parts.get("lokr_w2_a"), w2b=parts.get("lokr_w2_b"), t2=parts.get("lokr_t2"),
+    )
+    scale = 1.0 if (w1_form == "full" and w2_form == "full") else 1.5 / rank
+    assert module.scale == pytest.approx(scale)
+    assert F.rel_err(module.delta(W, -0.4)[0], F.finalize(raw, W, scale, -0.4)) <= TOL
+
+
+@settings(max_examples=20, deadline=None)
+@given(out=st.integers(1, 7), inp=st.integers(1, 7), rank=st.integers(1, 4), kernel=st.sampled_from([None, 1, 3]),
+       tucker=st.booleans(), seed=st.integers(0, 2**16))
+def test_loha_random_shapes(out, inp, rank, kernel, tucker, seed) -> None:
+    g = seeded(seed)
+    target = linear(out, inp, seed) if kernel is None else conv(out, inp, kernel, seed)
+    W = weight_of(target)
+    if tucker and kernel is not None:
+        p = (rnd(g, rank, out), rnd(g, rank, inp), rnd(g, rank, out), rnd(g, rank, inp),
+             rnd(g, rank, rank, kernel, kernel), rnd(g, rank, rank, kernel, kernel))
+        names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
+    else:
+        fan_in = inp * (kernel or 1) ** 2
+        p = (rnd(g, out, rank), rnd(g, rank, fan_in), rnd(g, out, rank), rnd(g, rank, fan_in))
+        names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    module = load_network_module({**dict(zip(names, p)), "alpha": torch.tensor(2.0)}, target)
+    assert F.rel_err(module.delta(W, 1.2)[0], F.finalize(F.loha_raw(*p), W, 2.0 / rank, 1.2)) <= TOL
+
+
+# Factors stay on the CPU (file tensors); ΔW is computed on the weight's device. On a machine with a
+# GPU this also runs every case on CUDA.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_delta_is_computed_on_the_weights_device(case: Case, device: str) -> None:
+    module = load_network_module(case.parts, case.target)
+    W = weight_of(case.target).to(device)
+    delta, bias = module.delta(W, 0.7)
+    assert delta.device == W.device and delta.dtype == torch.float32
+    assert F.rel_err(delta.cpu(), case.expected(W.cpu(), 0.7)) <= TOL
+    if bias is not None:
+        assert bias.device == W.device

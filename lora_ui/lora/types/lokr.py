@@ -79,7 +79,6 @@ class LoKrModule(NetworkModule):
             f"kron({w1_desc} {shape_str(w1_shape)}, {w2_desc} {shape_str(w2_shape)}) has shape "
             f"{shape_str(kron_shape)} but the target {target.label} has {shape_str(target.weight_shape)}",
         )
-        self.w2_is_4d = len(w2_shape) == 4
 
     @property
     def rank(self) -> int | None:
@@ -100,7 +99,16 @@ class LoKrModule(NetworkModule):
         if self.w2 is not None:
             w2 = as_fp32(self.w2, device)
         else:
-            w2 = rebuild(self.w2a, self.w2b, self.t2, device)
-        if self.w2_is_4d:
-            w1 = w1[:, :, None, None]
-        return torch.kron(w1, w2.contiguous()), None
+            w2 = rebuild(self.w2a, self.w2b, self.t2, device)  # (o2, i2*kh*kw) or Tucker (o2, i2, kh, kw)
+        return kron(w1, w2), None
+
+
+def kron(w1: Tensor, w2: Tensor) -> Tensor:
+    """Kronecker product of w1 (o1, i1) and w2 (o2, i2[, kh, kw]) -> (o1*o2, i1*i2[, kh, kw]).
+
+    As one broadcast multiply: torch.kron (2.13) fails on some shapes with size-1 dims (a view error).
+    """
+    o1, i1 = w1.shape
+    o2, i2, *kernel = w2.shape
+    blocks = w1.reshape(o1, 1, i1, 1, *[1] * len(kernel)) * w2.reshape(1, o2, 1, i2, *kernel)
+    return blocks.reshape(o1 * o2, i1 * i2, *kernel)
