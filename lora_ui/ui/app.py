@@ -25,10 +25,10 @@ UI_CSS = """
 
 
 def compare_values(prompt: str, negative: str, seed: Any, last_seeds: list[int] | None, ctx: Any,
-                   multiselect: bool) -> tuple[str, str, int, Any]:
+                   multiselect: bool) -> tuple[str, str, int, Any, float]:
     """txt2img -> compare tab: the prompt without LoRA tags, the negative prompt, the seed of the last
-    image (or the seed box), and the prompt's LoRA(s) by library name. Raises ValueError when the
-    prompt has no LoRA (a compare without a LoRA shows nothing)."""
+    image (or the seed box), the prompt's LoRA(s) by library name and the first tag's weight. Raises
+    ValueError when the prompt has no LoRA (a compare without a LoRA shows nothing)."""
     text, tags, _ = prompt_tags.extract_lora_tags(prompt or "")
     names = []
     for tag in tags:
@@ -37,7 +37,7 @@ def compare_values(prompt: str, negative: str, seed: Any, last_seeds: list[int] 
     if not names:
         raise ValueError("the prompt has no <lora:...> tag: add a LoRA to compare with and without it")
     chosen_seed = int(last_seeds[0]) if last_seeds else int(seed if seed not in (None, "") else -1)
-    return " ".join(text.split()), negative or "", chosen_seed, (names if multiselect else names[0])
+    return " ".join(text.split()), negative or "", chosen_seed, (names if multiselect else names[0]), tags[0].te
 
 
 def build_ui(ctx: Any) -> gr.Blocks:
@@ -87,12 +87,13 @@ def build_ui(ctx: Any) -> gr.Blocks:
                     values = compare_values(prompt, negative, seed, last_seeds, ctx, multiselect)
                 except ValueError as exc:
                     notify.warn(f"Not sent to compare: {exc}")
-                    return [gr.update()] * 4 + [gr.update()]
+                    return [gr.update()] * 6
                 return list(values) + [gr.Tabs(selected="compare")]
 
             t2i.send_to_compare.click(
                 send_compare, inputs=[t2i.prompt, t2i.negative, t2i.seed, t2i.last_seeds],
-                outputs=[compare.prompt, compare.negative_prompt, compare.seed, compare.lora, tabs])
+                outputs=[compare.prompt, compare.negative_prompt, compare.seed, compare.lora,
+                         getattr(compare, "weight", None) or gr.State(), tabs])
         else:
             t2i.send_to_compare.click(lambda: notify.warn("The compare tab is not available in this build."))
     return demo
