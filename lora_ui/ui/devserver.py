@@ -1,0 +1,92 @@
+"""Serve the real UI on a self-contained context, for the browser tests and the README screenshots.
+
+The context is the app's real parts: the ModelManager's default model (the demo model when
+models/Stable-diffusion/lora-ui-demo/ exists, else the built-in tiny SD1 pipeline), the real Worker, and a
+real LoraLibrary over a LoRA folder. When that folder holds no LoRA, two kohya LoRAs ("inkwash",
+"papercut") are written for the loaded UNet so the card grid and the sliders have something to show.
+"""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+SAMPLE_LORAS = ("inkwash", "papercut")
+SETTING_KEYS = ("default_lora_weight", "card_size", "outputs_dir", "add_lora_hashes_to_infotext")
+
+
+class DevSettings:
+    """The settings the UI edits, saved to `config_path` (stand-in while lora_ui.settings is absent)."""
+
+    def __init__(self, config_path: Path, outputs_dir: Path) -> None:
+        self.config_path = config_path
+        self.default_lora_weight = 1.0
+        self.card_size = 140
+        self.outputs_dir = str(outputs_dir)
+        self.add_lora_hashes_to_infotext = True
+
+    def save(self) -> None:
+        self.config_path.write_text(json.dumps({k: getattr(self, k) for k in SETTING_KEYS}), encoding="utf-8")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_unet_lora(pipe: Any, path: Path, seed: int, rank: int = 4, std: float = 0.3) -> Path:
+    """A kohya LoRA (lora_down (r, in), lora_up (out, r), alpha = r) on every UNet attention projection."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in pipe.unet.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if ".attn" in name and (last in ("to_q", "to_k", "to_v") or name.endswith("to_out.0")):
+            prefix = "lora_unet_" + name.replace(".", "_")
+            out_features, in_features = module.weight.shape[:2]
+            tensors[f"{prefix}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * std
+            tensors[f"{prefix}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * std
+            tensors[f"{prefix}.alpha"] = torch.tensor(float(rank))
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_output_name": path.stem,
+                "ss_tag_frequency": json.dumps({"set": {path.stem: 5, "ink": 3, "wash": 2}})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def build_dev_context(work_dir: Path, lora_dir: Path | None = None) -> SimpleNamespace:
+    """(settings, models, library, worker) in `work_dir`; LoRAs from `lora_dir` or written there."""
+    from lora_ui.engine.checkpoints import ModelManager
+    from lora_ui.engine.worker import Worker
+    from lora_ui.library import LORA_SUFFIXES, LoraLibrary
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    settings = DevSettings(work_dir / "config.json", work_dir / "outputs")
+    models = ModelManager(SimpleNamespace(device="cpu"))
+    model = models.require()
+    lora_dir = lora_dir or work_dir / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    if not any(p.suffix in LORA_SUFFIXES for p in lora_dir.rglob("*")):
+        for i, name in enumerate(SAMPLE_LORAS):
+            write_unet_lora(model.pipe, lora_dir / f"{name}.safetensors", seed=10 + i)
+    library = LoraLibrary([lora_dir], cache_dir=work_dir / "cache")
+    library.refresh()
+    worker = Worker.for_model_manager(models, library=library, outputs_dir=work_dir / "outputs")
+    return SimpleNamespace(settings=settings, models=models, library=library, worker=worker, lora_dir=lora_dir)
+
+
+def launch(ctx: Any, port: int | None = None):
+    """Start `build_ui(ctx)` on 127.0.0.1; returns (blocks, url). Call `blocks.close()` when done."""
+    from lora_ui.ui.app import UI_CSS, build_ui
+
+    demo = build_ui(ctx)
+    port = port or free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        share=False, ssr_mode=False, css=UI_CSS)
+    return demo, f"http://127.0.0.1:{port}/"
