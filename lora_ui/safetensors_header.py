@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,13 +35,26 @@ class TensorInfo(NamedTuple):
     data_offsets: tuple[int, int]
 
 
-@dataclass(frozen=True)
 class SafetensorsHeader:
-    """A parsed header. `data_start` = 8 + N is where tensor bytes begin (the addnet hash starts here)."""
+    """A parsed, validated header. `data_start` = 8 + N is where tensor bytes begin (the addnet hash
+    starts there). `raw_tensors` holds the header's own entries ({"dtype", "shape", "data_offsets"},
+    already validated); `tensors` gives them as TensorInfo (built on first use: listing thousands of
+    files only needs a few shapes)."""
 
-    tensors: dict[str, TensorInfo]
-    metadata: dict[str, str] = field(default_factory=dict)
-    header_size: int = 0
+    __slots__ = ("raw_tensors", "metadata", "header_size", "_tensors")
+
+    def __init__(self, raw_tensors: dict[str, dict[str, Any]], metadata: dict[str, str], header_size: int):
+        self.raw_tensors = raw_tensors
+        self.metadata = metadata
+        self.header_size = header_size
+        self._tensors: dict[str, TensorInfo] | None = None
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]:
+        if self._tensors is None:
+            self._tensors = {name: TensorInfo(e["dtype"], tuple(e["shape"]), tuple(e["data_offsets"]))
+                             for name, e in self.raw_tensors.items()}
+        return self._tensors
 
     @property
     def data_start(self) -> int:
@@ -91,7 +103,6 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
                                    "but safetensors metadata values must be strings")
             metadata[key] = value
     data_size = file_size - 8 - size if file_size is not None else None
-    tensors: dict[str, TensorInfo] = {}
     dtypes = _DTYPE_SIZES
     # One tight loop: a LoRA header has thousands of entries and listing reads thousands of headers.
     for name, entry in raw.items():
@@ -110,8 +121,7 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
         if data_size is not None and end > data_size:
             raise _fail(label, f"tensor {name!r}: data ends at byte {end} but the file holds only "
                                f"{data_size} bytes of tensor data (truncated file)")
-        tensors[name] = TensorInfo(dtype, tuple(shape), (begin, end))
-    return SafetensorsHeader(tensors=tensors, metadata=metadata, header_size=size)
+    return SafetensorsHeader(raw, metadata, size)
 
 
 def _tensor_entry_error(label: str, name: str, entry: Any) -> SafetensorsHeaderError:

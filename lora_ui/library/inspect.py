@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from lora_ui.safetensors_header import SafetensorsHeader, TensorInfo
+from lora_ui.safetensors_header import SafetensorsHeader
 
 __all__ = ["FileSummary", "summarize_header", "decode_metadata", "tag_frequency", "detect_arch",
            "split_key", "ARCHES", "NETWORK_TYPE_NAMES"]
@@ -36,10 +36,10 @@ _DOTTED_SUFFIXES = tuple("." + p for p in ("lora_magnitude_vector.weight", "lora
 _KOHYA_PREFIXES = ("lora_", "lycoris_", "oft_", "lora_te", "lokr_", "loha_")
 _LORA_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight")
 _LORA_UP = ("lora_up.weight", "lora_B.weight", "lora.up.weight")
-_CONV_MODULE = re.compile(
-    r"(resnets|in_layers|out_layers|emb_layers|skip_connection|downsamplers|upsamplers|conv_in|conv_out"
-    r"|conv_shortcut|time_emb_proj|conv1|conv2|[._]op$|_\d+_conv$|\.conv$)")
-_TE_MODULE = re.compile(r"^(?:lora_te|lycoris_te|text_encoder|te_|te1|te2|oft_te)")
+# Names of resnet / conv layers (LoCon targets) in every key convention.
+_CONV_MARKERS = ("resnets", "in_layers", "out_layers", "emb_layers", "skip_connection", "downsamplers",
+                 "upsamplers", "conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "_op\n", ".op\n")
+_TE_LINE = re.compile(r"^(?:lora_te|lycoris_te|text_encoder|te_|te1|te2|oft_te)[^\n]*$", re.MULTILINE)
 _SDXL_LDM_NAME = re.compile(r"(input_blocks|output_blocks|middle_block)")
 _SD1_DIFFUSERS_NAME = re.compile(r"(down_blocks|up_blocks|mid_block|^lora_te_|^text_encoder\.|^oft_te_|^lycoris_te_)",
                                  re.MULTILINE)
@@ -87,38 +87,39 @@ class FileSummary:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
-def _module_type(parts: Mapping[str, TensorInfo], module: str) -> tuple[str, int | None, bool]:
-    """(type, rank, is_conv) for one module's parts."""
-    names = parts.keys()
-    down = next((parts[p] for p in _LORA_DOWN if p in names), None)
-    if down is not None or any(p in names for p in _LORA_UP):
-        rank = down.shape[0] if down is not None and down.shape else None
-        is_conv = ("lora_mid.weight" in names
-                   or (down is not None and len(down.shape) == 4 and down.shape[2] * down.shape[3] > 1)
-                   or bool(_CONV_MODULE.search(module)))
-        return "LoRA", rank, is_conv
-    if "hada_w1_a" in names:
+_LORA_FAMILY = frozenset(_LORA_DOWN + _LORA_UP)
+
+
+def _module_type(parts: Mapping[str, Mapping[str, Any]]) -> tuple[str, int | None, bool]:
+    """(type, rank, has a spatial kernel) for one module's parts (raw header entries with "shape")."""
+    down = parts.get("lora_down.weight") or parts.get("lora_A.weight") or parts.get("lora.down.weight")
+    if down is not None or not _LORA_FAMILY.isdisjoint(parts):
+        shape = down["shape"] if down is not None else ()
+        kernel = len(shape) == 4 and shape[2] * shape[3] > 1
+        return "LoRA", (shape[0] if shape else None), kernel or "lora_mid.weight" in parts
+    if "hada_w1_a" in parts:
         w1b = parts.get("hada_w1_b")
-        return "LoHa", (w1b.shape[0] if w1b is not None and w1b.shape else None), False
-    if "lokr_w1" in names or "lokr_w1_a" in names:
+        return "LoHa", (w1b["shape"][0] if w1b is not None and w1b["shape"] else None), False
+    if "lokr_w1" in parts or "lokr_w1_a" in parts:
         for p in ("lokr_w2_b", "lokr_w1_b"):
-            if p in names and parts[p].shape:
-                return "LoKr", parts[p].shape[0], False
+            if p in parts and parts[p]["shape"]:
+                return "LoKr", parts[p]["shape"][0], False
         return "LoKr", None, False
-    if "weight" in names and not any(p in names for p in ("diff", "w_norm")):
+    if "weight" in parts and "diff" not in parts and "w_norm" not in parts:
         return "IA3", None, False
-    if "diff" in names:
+    if "diff" in parts:
         return "Full", None, False
-    if "w_norm" in names or "b_norm" in names:
+    if "w_norm" in parts or "b_norm" in parts:
         return "Norm", None, False
-    if "a1.weight" in names:
-        a1 = parts["a1.weight"]
-        return "GLoRA", (a1.shape[0] if a1.shape else None), False
+    if "a1.weight" in parts:
+        a1 = parts["a1.weight"]["shape"]
+        return "GLoRA", (a1[0] if a1 else None), False
     blocks = parts.get("oft_blocks") or parts.get("oft_diag")
     if blocks is not None:
-        if "oft_blocks" in names and len(blocks.shape) == 4:
-            return "BOFT", blocks.shape[1], False
-        return "OFT", (blocks.shape[0] if blocks.shape else None), False
+        shape = blocks["shape"]
+        if "oft_blocks" in parts and len(shape) == 4:
+            return "BOFT", shape[1], False
+        return "OFT", (shape[0] if shape else None), False
     return "Unknown", None, False
 
 
@@ -134,17 +135,17 @@ _TE2_LINE = re.compile(r"^(?:lora_te2_|text_encoder_2\.|lycoris_te2_|te2\.)", re
 _TE1_LINE = re.compile(r"^lora_te1_", re.MULTILINE)
 
 
-def _context_dim(modules: Mapping[str, Mapping[str, TensorInfo]], joined: str) -> int | None:
+def _context_dim(modules: Mapping[str, Mapping[str, Any]], joined: str) -> int | None:
     """Cross-attention context width from an attn2 to_k/to_v down weight: 768 SD1, 1024 SD2, 2048 SDXL."""
     for match in _ATTN2_KV_LINE.finditer(joined):
         parts = modules[match.group(0)]
         down = next((parts[p] for p in _LORA_DOWN if p in parts), None) or parts.get("hada_w1_b")
-        if down is not None and len(down.shape) >= 2:
-            return down.shape[1]
+        if down is not None and len(down["shape"]) >= 2:
+            return down["shape"][1]
     return None
 
 
-def detect_arch(metadata: Mapping[str, str], modules: Mapping[str, Mapping[str, TensorInfo]]) -> str:
+def detect_arch(metadata: Mapping[str, str], modules: Mapping[str, Mapping[str, Any]]) -> str:
     """SD1 / SD2 / SDXL / Unknown.
 
     A1111's rule first: `ss_base_model_version` starting with "sdxl_" -> SDXL, `ss_v2 == "True"` -> SD2
@@ -195,11 +196,11 @@ def _float_or_none(value: Any) -> float | None:
 
 def summarize_header(header: SafetensorsHeader) -> FileSummary:
     """Classify a header: group keys by module, pick the network type, rank, arch."""
-    modules: dict[str, dict[str, TensorInfo]] = {}
+    modules: dict[str, dict[str, dict[str, Any]]] = {}
     embeddings: set[str] = set()
     unmatched = 0
     known, kohya = _KNOWN_PARTS, _KOHYA_PREFIXES
-    for key, info in header.tensors.items():
+    for key, info in header.raw_tensors.items():
         module, _, part = key.partition(".")
         if not (part in known and module.startswith(kohya)):  # fast path: kohya/LyCORIS key layout
             if key.startswith("bundle_emb."):
@@ -219,20 +220,34 @@ def summarize_header(header: SafetensorsHeader) -> FileSummary:
     conv_ranks: list[int] = []
     any_conv = False
     dora = False
+    joined = "\n".join(modules)
+    te_named = set(_TE_LINE.findall(joined))
     te_modules = 0
+    lora_modules: list[str] = []
     for module, parts in modules.items():
-        kind, rank, is_conv = _module_type(parts, module)
+        kind, rank, kernel = _module_type(parts)
         if kind == "Unknown" and set(parts) <= {"alpha", "scale", "bias", "dora_scale"}:
             unmatched += len(parts)
             continue
         type_counts[kind] += 1
         if "dora_scale" in parts or "lora_magnitude_vector" in parts or "lora_magnitude_vector.weight" in parts:
             dora = True
-        if _TE_MODULE.search(module):
+        if module in te_named:
             te_modules += 1
+        if kind == "LoRA":
+            lora_modules.append(module)
+            if kernel:  # a 3x3 (or Tucker) conv LoRA: LoCon's conv_dim
+                any_conv = True
+                if rank is not None:
+                    conv_ranks.append(rank)
+                continue
         if rank is not None:
-            (conv_ranks if kind == "LoRA" and is_conv else ranks).append(rank)
-        any_conv = any_conv or (kind == "LoRA" and is_conv)
+            ranks.append(rank)
+    if lora_modules and not any_conv:
+        # 1x1-conv or linear LoRA on resnet layers (time_emb_proj, conv_shortcut...) also makes it LoCon;
+        # substring tests on one joined string keep this a C-speed scan
+        joined_lora = "\n".join(lora_modules) + "\n"
+        any_conv = any(marker in joined_lora for marker in _CONV_MARKERS)
     main = [t for t in type_counts if t != "Norm"] or list(type_counts)
     if main:
         order = {name: i for i, name in enumerate(NETWORK_TYPE_NAMES)}

@@ -137,3 +137,11 @@ def test_detect_arch_directly():
     assert detect_arch({"ss_v2": "True"}, {}) == "SD2"
     assert detect_arch({}, {}) == "Unknown"
     assert detect_arch({"ss_base_model_version": "sd_v1"}, {}) == "SD1"
+
+
+def test_locon_by_resnet_layer_names_without_3x3_kernels(tmp_path):
+    mods = sd1_modules(te_layers=1)[:12] + [("lora_unet_down_blocks_0_resnets_0_time_emb_proj", 8, False)]
+    summary = summary_of(tmp_path, network_tensors(mods, "LoRA", rank=4), name="a")
+    assert (summary.network_type, summary.rank, summary.conv_rank) == ("LoCon", 4, None)
+    plain = summary_of(tmp_path, network_tensors(mods[:-1], "LoRA", rank=4), name="b")
+    assert plain.network_type == "LoRA"
