@@ -98,12 +98,12 @@ class LoraEntry:
     # ---- derived
     @property
     def is_safetensors(self) -> bool:
-        return self.path.suffix.lower() == ".safetensors"
+        return self.rel_path.lower().endswith(".safetensors")
 
     @property
     def rel_name(self) -> str:
         """Relative path without extension ("styles/foo"): always resolves to this entry."""
-        return self.rel_path[: -len(self.path.suffix)] if self.path.suffix else self.rel_path
+        return os.path.splitext(self.rel_path)[0]
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -525,7 +525,11 @@ class LoraLibrary:
             self._records[path_str] = record
             self._cache_dirty = True
 
-        rel_path = os.path.relpath(path_str, root).replace(os.sep, "/")
+        root_str = str(root)
+        if path_str.startswith(root_str + os.sep):  # the usual case; relpath is slow for thousands of files
+            rel_path = path_str[len(root_str) + 1:].replace(os.sep, "/")
+        else:
+            rel_path = os.path.relpath(path_str, root).replace(os.sep, "/")
         rel_folder = os.path.dirname(rel_path)
         stem = os.path.splitext(name)[0]
         summary = record.get("summary")
