@@ -236,7 +236,7 @@ def heatmap_image(pixel_diff: np.ndarray, min_side: int = 256) -> Image.Image:
 
     font = _font(14)
     bar_width, pad = 18, 8
-    label_width = max(int(ImageDraw.Draw(heat).textlength(text, font=font)) for text in (str(full_scale), "0", "|Δ|"))
+    label_width = max(int(ImageDraw.Draw(heat).textlength(text, font=font)) for text in (str(full_scale), "0", "diff"))
     canvas = Image.new("RGB", (heat.width + pad + bar_width + pad + label_width + pad, heat.height), "white")
     canvas.paste(heat, (0, 0))
     # Vertical colour bar: top = full scale, bottom = 0.
@@ -245,7 +245,7 @@ def heatmap_image(pixel_diff: np.ndarray, min_side: int = 256) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     text_x = heat.width + pad + bar_width + pad
     draw.text((text_x, 0), str(full_scale), fill="black", font=font)
-    draw.text((text_x, heat.height // 2 - 7), "|Δ|", fill="black", font=font)
+    draw.text((text_x, heat.height // 2 - 7), "diff", fill="black", font=font)  # the bundled font has no Δ
     draw.text((text_x, heat.height - 16), "0", fill="black", font=font)
     return canvas
 

@@ -207,7 +207,7 @@ def build_compare_tab(ctx: Any, handlers: CompareHandlers | None = None) -> Comp
             with gr.Row(equal_height=True):
                 lora = gr.Dropdown(names, value=[], multiselect=True, allow_custom_value=True, label="LoRA(s)",
                                    elem_id="compare_lora", scale=5)
-                refresh = gr.Button("🔄", elem_id="compare_refresh", scale=0, min_width=40)
+                refresh = gr.Button("Refresh", elem_id="compare_refresh", scale=0, min_width=80, size="sm")
             weight = gr.Slider(-2, 2, value=1, step=0.05, label="LoRA weight", elem_id="compare_weight")
             with gr.Row():
                 sampler = gr.Dropdown(samplers, value="Euler a" if "Euler a" in samplers else samplers[0],
@@ -228,12 +228,12 @@ def build_compare_tab(ctx: Any, handlers: CompareHandlers | None = None) -> Comp
                                     elem_id="compare_slider", max_height=512)
             with gr.Row():
                 without = gr.Image(label="Without LoRA", type="pil", format="png", interactive=False,
-                                   elem_id="compare_without")
+                                   elem_id="compare_without", height=300)
                 with_lora = gr.Image(label="With LoRA", type="pil", format="png", interactive=False,
-                                     elem_id="compare_with")
+                                     elem_id="compare_with", height=300)
             with gr.Row():
                 heatmap = gr.Image(label="Difference (largest channel |Δ|, 0–255)", type="pil", format="png",
-                                   interactive=False, elem_id="compare_heatmap")
+                                   interactive=False, elem_id="compare_heatmap", height=300)
                 numbers = gr.Markdown("", elem_id="compare_numbers")
     with gr.Accordion("Weight sweep (X/Y grid)", open=True, elem_id="compare_sweep"):
         with gr.Row(equal_height=True):

@@ -28,10 +28,6 @@ def profile_frame(profile: cmp.BlockProfile) -> pd.DataFrame:
                         columns=list(CHART_COLUMNS))
 
 
-def empty_frame() -> pd.DataFrame:
-    return pd.DataFrame({"block": pd.Series(dtype=str), "part": pd.Series(dtype=str), "size": pd.Series(dtype=float)})
-
-
 class InspectorHandlers:
     """Plain-method handlers (unit-tested without a browser)."""
 
@@ -72,7 +68,8 @@ def build_inspector(ctx: Any, handlers: InspectorHandlers | None = None, lora: g
                 lora = gr.Dropdown(core.names_in(core.library_entries(ctx)), label="LoRA", allow_custom_value=True,
                                    elem_id="inspector_lora", scale=4)
             inspect = gr.Button("Inspect", elem_id="inspector_run", scale=1)
-        chart = gr.BarPlot(empty_frame(), x="block", y="size", color="part", color_map=PART_COLOURS,
+        # Starts empty (None): a chart built on an empty frame draws no bars after an update.
+        chart = gr.BarPlot(None, x="block", y="size", color="part", color_map=PART_COLOURS,
                            x_title="block", y_title="‖ΔW‖", sort=None, x_label_angle=-45, height=280,
                            label="Weight change per block", elem_id="inspector_chart")
         summary = gr.Markdown("", elem_id="inspector_summary")

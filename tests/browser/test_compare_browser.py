@@ -102,3 +102,10 @@ def test_inspector_charts_where_the_picked_lora_acts(page, app_server):
     expect(summary).to_contain_text("papercut", timeout=60_000)
     expect(summary).to_contain_text("Weight change by part")
     expect(page.locator("#inspector_chart")).to_contain_text("‖ΔW‖")
+    # The bars are drawn in the colours of the parts this LoRA touches (down, mid, up blocks).
+    page.wait_for_timeout(1500)  # the chart animates its bars in
+    chart = np.asarray(Image.open(io.BytesIO(page.locator("#inspector_chart").screenshot(animations="disabled"))).convert("RGB"))
+    for colour in ("#0ea5e9", "#22c55e", "#f97316"):
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        close = (np.abs(chart.astype(int) - rgb).max(axis=2) <= 12).sum()
+        assert close > 50, f"no bar drawn in {colour}"
