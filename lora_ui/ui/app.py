@@ -46,11 +46,14 @@ def build_ui(ctx: Any) -> gr.Blocks:
     with gr.Blocks(title="LoRA UI", analytics_enabled=False) as demo:
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                browser_handlers = BrowserHandlers(ctx, thumbs)
+                panes: dict[str, Any] = {}
+
                 def lora_panes(prompt: gr.Textbox, last_image: gr.State) -> None:
                     with gr.Accordion("Active LoRAs", open=True, elem_id="active_loras"):
                         build_active_loras(ctx, prompt)
                     with gr.Accordion("LoRA", open=True, elem_id="lora_browser"):
-                        build_lora_browser(ctx, prompt, last_image, BrowserHandlers(ctx, thumbs))
+                        panes["browser"] = build_lora_browser(ctx, prompt, last_image, browser_handlers)
 
                 t2i = build_txt2img_tab(ctx, lora_panes)
             compare = None
@@ -64,7 +67,12 @@ def build_ui(ctx: Any) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = build_pnginfo_tab(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                build_settings_tab(ctx)
+                settings_tab = build_settings_tab(ctx)
+
+        # New card size / default weight: re-render the grid once the settings are applied.
+        browser = panes["browser"]
+        settings_tab.applied.then(browser_handlers.grid, inputs=[t2i.prompt, browser.search, browser.sort, browser.folder],
+                                  outputs=[browser.cards], show_progress="hidden")
 
         # PNG Info -> txt2img: prompt (LoRAs by hash), then the settings, then switch tabs.
         targets = t2i.settings_components()

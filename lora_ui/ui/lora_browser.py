@@ -282,7 +282,7 @@ def details_markdown(entry: Any, model_arch: str) -> str:
         rows.append(("Problem", core.entry_error(entry)))
     for warning in list(getattr(entry, "warnings", None) or []):
         rows.append(("Warning", str(warning)))
-    lines = ["| | |", "|---|---|"]
+    lines = ["| Field | Value |", "|---|---|"]
     for key, value in rows:
         text = str(value).replace("|", "\\|").replace("\n", " ")
         lines.append(f"| **{key}** | `{text}` |" if key in ("File", "SHA256", "Short hash (infotext)") and text
@@ -428,6 +428,14 @@ class BrowserHandlers:
         return render_cards_html(filter_and_sort(cards, query, sort, folder),
                                  int(core.setting(self.ctx, "card_size")), self.thumbs, arch)
 
+    def grid_on_prompt(self, prompt: str, query: str, sort: str, folder: str, shown_keys: list[str] | None):
+        """While the prompt is typed, re-render the grid only when the set of active LoRAs changed.
+        Returns (grid html or no-change update, active keys)."""
+        keys = sorted(active_card_keys(prompt, self.resolve))
+        if shown_keys is not None and keys == list(shown_keys):
+            return gr.update(), keys
+        return self.grid(prompt, query, sort, folder), keys
+
     def refresh(self, prompt: str, query: str, sort: str, folder: str):
         """Rescan the LoRA folders; returns (grid html, folder dropdown update)."""
         try:
@@ -515,7 +523,7 @@ def build_lora_browser(ctx: Any, prompt: gr.Textbox, last_image: gr.State,
         sort = gr.Dropdown(list(SORT_OPTIONS), value=SORT_OPTIONS[0], label="Sort", elem_id="lora_sort", scale=1)
         folder = gr.Dropdown(folder_choices(entries), value=ALL_FOLDERS, label="Folder", elem_id="lora_folder",
                              scale=1)
-        refresh = gr.Button("🔄 Refresh", elem_id="lora_refresh", scale=0, min_width=100)
+        refresh = gr.Button("Refresh", elem_id="lora_refresh", scale=0, min_width=90, size="sm")
     cards = gr.HTML(h.grid("", "", SORT_OPTIONS[0], ALL_FOLDERS), css_template=CARDS_CSS, js_on_load=CARDS_JS,
                     elem_id="lora_cards", max_height=520)
     selected = gr.State(None)
@@ -554,8 +562,10 @@ def build_lora_browser(ctx: Any, prompt: gr.Textbox, last_image: gr.State,
     cards.click(on_card, inputs=[prompt], outputs=[prompt, selected]).then(
         lambda name: h.show_details(name) if name else tuple(gr.update() for _ in detail_outputs),
         inputs=[selected], outputs=detail_outputs)
-    # The grid follows the prompt (active marks) and the filters.
-    for trigger in (prompt.change, search.change, sort.change, folder.change):
+    # The grid follows the prompt (active marks, re-rendered only when they change) and the filters.
+    shown_keys = gr.State(None)
+    prompt.change(h.grid_on_prompt, inputs=filters + [shown_keys], outputs=[cards, shown_keys], show_progress="hidden")
+    for trigger in (search.change, sort.change, folder.change):
         trigger(h.grid, inputs=filters, outputs=[cards], show_progress="hidden")
     refresh.click(h.refresh, inputs=filters, outputs=[cards, folder])
 

@@ -62,6 +62,7 @@ class SettingsTab:
     add_hashes: gr.Checkbox
     apply: gr.Button
     status: gr.Markdown
+    applied: Any = None   # the apply event, so the app can chain a re-render after it
 
 
 class SettingsHandlers:
@@ -95,5 +96,5 @@ def build_settings_tab(ctx: Any) -> SettingsTab:
                              elem_id="settings_add_hashes")
     apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply")
     status = gr.Markdown(elem_id="settings_status")
-    apply.click(h.apply, inputs=[default_weight, card_size, outputs_dir, add_hashes], outputs=[status])
-    return SettingsTab(default_weight, card_size, outputs_dir, add_hashes, apply, status)
+    applied = apply.click(h.apply, inputs=[default_weight, card_size, outputs_dir, add_hashes], outputs=[status])
+    return SettingsTab(default_weight, card_size, outputs_dir, add_hashes, apply, status, applied)

@@ -285,7 +285,7 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
     default_size = int(getattr(model, "default_size", 0) or 0)
     with gr.Row(elem_id="txt2img_toprow"):
         with gr.Column(scale=6):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)",
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt; <lora:name:weight> tags apply LoRAs",
                                 elem_id="txt2img_prompt")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
         with gr.Column(scale=1, min_width=180):
@@ -316,8 +316,8 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
             cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
             with gr.Row(equal_height=True):
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="txt2img_seed", scale=4)
-                random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
-                reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
+                random_seed = gr.Button("Random", elem_id="txt2img_random_seed", scale=0, min_width=70, size="sm")
+                reuse_seed = gr.Button("Reuse", elem_id="txt2img_reuse_seed", scale=0, min_width=70, size="sm")
             clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="txt2img_clip_skip")
         with gr.Column(scale=1, elem_id="txt2img_results"):
             progress = gr.HTML("", css_template=PROGRESS_CSS, elem_id="txt2img_progress", js_on_load=None)
@@ -333,7 +333,7 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
 
     inputs = [prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_size, batch_count, clip_skip]
     outputs = [progress, preview, gallery, infotext, last_images, last_seeds, last_infotexts]
-    for trigger in (generate.click, prompt.submit):
+    for trigger in (generate.click,):
         trigger(h.generate, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden").then(
             lambda paths: (paths[0] if paths else None, None), inputs=[last_images],
             outputs=[last_image, selected_index], show_progress="hidden")

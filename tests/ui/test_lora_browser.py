@@ -206,3 +206,13 @@ def test_names_are_html_escaped(ctx):
     ctx.library.entries[0].name = "it's <b>"
     grid = lb.BrowserHandlers(ctx).grid("", "", "Name", lb.ALL_FOLDERS)
     assert "<b>" not in grid and "it&#x27;s &lt;b&gt;" in grid
+
+
+def test_typing_in_the_prompt_rerenders_the_grid_only_when_active_loras_change(ctx):
+    h = lb.BrowserHandlers(ctx)
+    grid, keys = h.grid_on_prompt("a cat", "", "Name", lb.ALL_FOLDERS, None)
+    assert cards_in(grid) == ["loha_thing", "style", "xl_char"] and keys == []
+    assert h.grid_on_prompt("a cat, night", "", "Name", lb.ALL_FOLDERS, keys) == ({"__type__": "update"}, [])
+    grid, keys = h.grid_on_prompt("a cat <lora:style:0.3>", "", "Name", lb.ALL_FOLDERS, keys)
+    assert keys == ["style"] and "lora-card active" in card_html(grid, "style")
+    assert h.grid_on_prompt("a cat <lora:style:0.9>", "", "Name", lb.ALL_FOLDERS, keys)[0] == {"__type__": "update"}
