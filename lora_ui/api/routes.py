@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
@@ -259,8 +260,10 @@ class SdApi:
             raise ApiError("change_threshold", f"must be from 0 to 254, got {body.change_threshold}")
         req = _single(req)
         try:
-            result = core.compare(self.ctx, core.CompareRequest(
-                base=req, loras=[(lw.name, lw.weight) for lw in body.loras], change_threshold=body.change_threshold))
+            with _request_errors_as_422():
+                result = core.compare(self.ctx, core.CompareRequest(
+                    base=req, loras=[(lw.name, lw.weight) for lw in body.loras],
+                    change_threshold=body.change_threshold))
         except core.CompareError as exc:
             raise ApiError("loras", str(exc)) from None
         return {
@@ -290,7 +293,9 @@ class SdApi:
         except core.CompareError as exc:
             raise ApiError("weights", str(exc)) from None
         try:
-            result = core.sweep(self.ctx, core.SweepRequest(base=_single(req), weights=weights, loras=list(body.loras)))
+            with _request_errors_as_422():
+                result = core.sweep(self.ctx, core.SweepRequest(base=_single(req), weights=weights,
+                                                                loras=list(body.loras)))
         except core.CompareError as exc:
             raise ApiError("weights" if "weight" in str(exc).lower() else "loras", str(exc)) from None
         return {"grid": _png_base64(result.grid, result.infotext), "weights": list(result.weights),
@@ -425,20 +430,27 @@ def _single(req: Any) -> Any:
     return replace(req, batch_size=1, batch_count=1)
 
 
-def _await_render(future: Any) -> Any:
-    """Wait for a worker job; engine errors caused by the request become 422 naming the field."""
+@contextmanager
+def _request_errors_as_422():
+    """Engine errors caused by the request (raised on the worker thread, re-raised by `.result()`)
+    become 422 naming the field; anything else stays an exception (500)."""
     from lora_ui.engine.checkpoints import CheckpointError
     from lora_ui.engine.txt2img import RequestError
     from lora_ui.lora.spec import LoraError
 
     try:
-        return future.result()
+        yield
     except RequestError as exc:
         raise ApiError(_API_FIELD.get(exc.field, exc.field), str(exc).split(": ", 1)[-1]) from None
     except LoraError as exc:
         raise ApiError("prompt", str(exc)) from None
     except CheckpointError as exc:
         raise ApiError("override_settings.sd_model_checkpoint", str(exc)) from None
+
+
+def _await_render(future: Any) -> Any:
+    with _request_errors_as_422():
+        return future.result()
 
 
 _API_FIELD = {"sampler": "sampler_name", "batch_count": "n_iter", "clip_skip": "override_settings.CLIP_stop_at_last_layers"}
@@ -566,17 +578,19 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits
 
         return [{"name": n.lower().replace(" ", "_"), "label": n} for n in SCHEDULE_NAMES]
 
+    # progress / interrupt / skip are `async`: they run on the event loop, so they answer even while
+    # every thread of the pool is busy waiting for a queued render
     @router.get("/progress", response_model=m.ProgressResponse, tags=a1111)
-    def progress(skip_current_image: bool = False):
+    async def progress(skip_current_image: bool = False):
         return api.progress(skip_current_image)
 
     @router.post("/interrupt", tags=a1111)
-    def interrupt():
+    async def interrupt():
         ctx.worker.interrupt()
         return {}
 
     @router.post("/skip", tags=a1111)
-    def skip():
+    async def skip():
         ctx.worker.skip()
         return {}
 

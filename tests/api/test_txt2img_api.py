@@ -80,7 +80,7 @@ LORA_SETS = [
 
 
 def test_eight_concurrent_requests_each_equal_their_solo_render(api_env):
-    bodies = [{"prompt": f"a red circle on blue {tags}", "steps": 3, "seed": 99, "save_images": False}
+    bodies = [{"prompt": f"a red circle on blue {tags}", "steps": 2, "seed": 99, "save_images": False}
               for tags in LORA_SETS]
     with api_env.client() as c:
         solo = [pixels(c.post("/sdapi/v1/txt2img", json=b).json()["images"][0]) for b in bodies]
@@ -135,12 +135,12 @@ def test_progress_reports_rising_steps_and_a_preview(api_env):
     poller = threading.Thread(target=_poll_progress, args=(api_env, stop, seen))
     poller.start()
     out: dict = {}
-    render_thread = _start_render(api_env, {"prompt": "progress", "steps": 24, "seed": 5, "save_images": False}, out)
+    render_thread = _start_render(api_env, {"prompt": "progress", "steps": 16, "seed": 5, "save_images": False}, out)
     render_thread.join(120)
     stop.set()
     poller.join(10)
     assert out["response"].status_code == 200
-    during = [s for s in seen if s["state"]["job"] == "txt2img" and s["state"]["sampling_steps"] == 24]
+    during = [s for s in seen if s["state"]["job"] == "txt2img" and s["state"]["sampling_steps"] == 16]
     steps = [s["state"]["sampling_step"] for s in during]
     assert len(set(steps)) >= 3, steps
     assert steps == sorted(steps), "steps never go back during one render"
@@ -188,7 +188,7 @@ def test_interrupt_ends_the_render_early_and_the_next_render_is_clean(api_env, c
 
 
 def test_skip_cuts_the_current_image_and_goes_on_with_the_next(api_env, client):
-    body = {"prompt": "skip me", "steps": 12, "seed": 300, "save_images": False}
+    body = {"prompt": "skip me", "steps": 8, "seed": 300, "save_images": False}
     clean = [pixels(render(client, **{**body, "seed": s})["images"][0]) for s in (300, 301)]
     seen: list = []
     stop = threading.Event()
