@@ -271,7 +271,6 @@ def make_grid(cells: Sequence[Sequence[Image.Image]], column_labels: Sequence[st
     pad = max(4, size // 2)
     left = pad * 2 + max(int(measure.textlength(label, font=font)) for label in row_labels)
     top = pad * 2 + size
-    # Column labels wider than a cell would run into each other: widen the top margin's text rows.
     layout = GridLayout(left=left, top=top, cell_width=cell_width, cell_height=cell_height,
                         rows=len(row_labels), columns=len(column_labels))
     grid = Image.new("RGB", layout.size, "white")
