@@ -741,7 +741,8 @@ class LoraLibrary:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps({"version": CACHE_VERSION, "files": self._records}, ensure_ascii=False,
+            # ASCII escapes: file names that are not valid UTF-8 (surrogate-escaped) still round-trip
+            text = json.dumps({"version": CACHE_VERSION, "files": self._records}, ensure_ascii=True,
                               separators=(",", ":"))
             sidecars.atomic_write_text(path, text)
             self._cache_dirty = False

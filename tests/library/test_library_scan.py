@@ -569,3 +569,14 @@ def test_pasted_infotext_finds_a_renamed_file_by_hash(tmp_path):
     assert messages == [f"<lora:detail_tweaker>: matched by hash {original_hash} to the local file 'sub_renamed'"]
     specs, warnings = library.specs_for(extract_lora_tags(prompt)[1])
     assert warnings == [] and specs[0].path == root / "sub_renamed.safetensors"
+
+
+def test_undecodable_file_names_survive_the_cache(tmp_path):
+    root = tmp_path / "Lora"
+    root.mkdir()
+    raw_name = os.fsdecode(b"caf\xe9.safetensors")  # Latin-1 byte: not UTF-8, surrogate-escaped
+    make_lora(root / raw_name)
+    library, report = refreshed(root, tmp_path / "cache")
+    assert report.warnings == [] and len(library.entries) == 1
+    second, report = refreshed(root, tmp_path / "cache")
+    assert report.headers_read == 0 and second.entries[0].name == os.fsdecode(b"caf\xe9")
