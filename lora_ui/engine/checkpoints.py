@@ -291,7 +291,10 @@ def _arch_of_pipe(pipe) -> str:
 
 
 def _finish(pipe, *, arch, name, path, choice, kind) -> LoadedModel:
-    pipe = pipe.to(choice.device, choice.dtype)
+    if pipe.unet.device != choice.device:
+        pipe = pipe.to(choice.device)
+    if pipe.unet.dtype != choice.dtype:  # loaders already got torch_dtype; only in-memory models need a cast
+        pipe = pipe.to(dtype=choice.dtype)
     pipe.set_progress_bar_config(disable=True)
     for comp in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, comp, None)
@@ -473,13 +476,12 @@ class ModelManager:
         """A path, or a title/name/filename from `list()`, to a path; None means the default."""
         if ref is None or (isinstance(ref, str) and not ref.strip()):
             return None
-        if isinstance(ref, Path) or os.sep in str(ref) or Path(str(ref)).exists():
-            p = Path(ref).expanduser()
-            if not p.exists():
-                raise CheckpointError(f"Checkpoint not found: {p}. Put checkpoints in models/Stable-diffusion/ "
-                                      "(or --ckpt-dir) and check the path.")
-            return p
         text = str(ref).strip()
+        if Path(text).expanduser().exists():
+            return Path(text).expanduser()
+        if isinstance(ref, Path):
+            raise CheckpointError(f"Checkpoint not found: {ref}. Put checkpoints in models/Stable-diffusion/ "
+                                  "(or --ckpt-dir) and check the path.")
         bare = text.rsplit(" [", 1)[0] if text.endswith("]") else text
         for info in self.list():
             if text in (info.title, info.filename, info.name, info.model_name) or bare in (info.filename, info.name):
@@ -487,6 +489,9 @@ class ModelManager:
         for d in self.ckpt_dirs:
             if (d / text).exists():
                 return d / text
+        if os.sep in text or text.lower().endswith(SAFETENSORS_EXT + PICKLE_EXT):
+            raise CheckpointError(f"Checkpoint not found: {text}. Put checkpoints in models/Stable-diffusion/ "
+                                  "(or --ckpt-dir) and check the path.")
         known = ", ".join(i.filename for i in self.list()) or "none found"
         raise CheckpointError(f"Checkpoint {text!r} not found. Known checkpoints: {known}. Put checkpoints "
                               "in models/Stable-diffusion/ (or --ckpt-dir) and refresh.")
@@ -519,7 +524,7 @@ class ModelManager:
                 try:
                     check_demo_model(demo)
                 except Exception as e:
-                    raise CheckpointError(f"The demo model in {demo} is broken: {e}") from e
+                    raise CheckpointError(str(e)) from e  # its message names the file and how to rebuild
             log.info("Loading the demo model from %s", demo)
             return load_folder(demo, choice)
         log.warning("No checkpoint given and the demo model %s does not exist yet: using a tiny SD1 model "
