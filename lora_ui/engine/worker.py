@@ -5,7 +5,7 @@ never runs twice at the same time and LoRA state never leaks between requests: b
 the worker brings the model to exactly the LoRA set written in that request's prompt
 (`LoraManager.set_loras`; an unchanged set costs nothing; a prompt without tags clears them).
 
-    worker = Worker(models.load(None), switch_model=models.switch, library=library, outputs_dir=out)
+    worker = Worker.for_model_manager(models, library=library, outputs_dir=out)   # the app's wiring
     result = worker.txt2img(Txt2ImgRequest(prompt="a cat <lora:dark:0.8>")).result()
     worker.submit(lambda session: session.model.name, kind="peek").result()
     worker.progress()            # ProgressState snapshot (step, ETA, preview PNG, ...)
@@ -233,6 +233,9 @@ class Worker:
         A Txt2ImgRequest instead of a callable is queued as `txt2img(request)` (the older contract)."""
         if not callable(job):
             return self.txt2img(job)
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("submit() was called from inside a worker job: the job would wait for itself "
+                               "forever; render through the job's WorkerSession (session.txt2img) instead")
         job_id = f"{kind}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         future: JobFuture[T] = JobFuture(job_id, kind)
         with self._lock:

@@ -159,3 +159,18 @@ def test_a_broken_lora_file_is_a_4xx_and_leaves_the_model_clean(api_env, client)
         broken.unlink()
         client.post("/sdapi/v1/refresh-loras")
     assert np.array_equal(pixels(render(client)["images"][0]), clean)
+
+
+def test_a_corrupt_checkpoint_is_refused_and_the_old_model_stays(api_env, client, untouched):
+    corrupt = api_env.root / "Stable-diffusion" / "corrupt.safetensors"
+    corrupt.write_bytes(b"\xff" * 64)
+    try:
+        listed = {m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()}
+        assert "corrupt" in listed
+        body = assert_error(client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "corrupt"}), 422,
+                            "sd_model_checkpoint")
+        assert "corrupt" in body["detail"]
+        override = client.post("/sdapi/v1/txt2img", json={**GOOD, "override_settings": {"sd_model_checkpoint": "corrupt"}})
+        assert_error(override, 422, "override_settings.sd_model_checkpoint")
+    finally:
+        corrupt.unlink()

@@ -305,6 +305,13 @@ def test_a_model_provider_is_asked_each_job_and_a_failed_load_fails_one_job():
         worker.shutdown()
 
 
+def test_submit_from_inside_a_job_is_refused_instead_of_deadlocking(parts):
+    worker, _, _ = parts
+    with pytest.raises(RuntimeError, match="wait for itself"):
+        worker.submit(lambda session: worker.submit(lambda s: 1).result()).result(10)
+    assert worker.submit(lambda s: 2).result(10) == 2
+
+
 def test_a_request_object_passed_to_submit_is_rendered(parts):
     worker, gen, _ = parts
     assert worker.submit(FakeRequest(seed=33)).result(10).seeds == [33]
