@@ -1,0 +1,300 @@
+"""Settings: the command-line flags (A1111 names) plus the UI settings kept in `<data-dir>/config.json`.
+
+Paths (A1111 layout under the data dir, which defaults to the repository):
+    checkpoints  <data-dir>/models/Stable-diffusion    (--ckpt-dir replaces it)
+    LoRAs        <data-dir>/models/Lora, <data-dir>/models/LyCORIS   (--lora-dir, repeatable, replaces them)
+    outputs      <data-dir>/outputs                     (UI setting "outputs_dir"; relative -> under data dir)
+    config       <data-dir>/config.json                 (UI settings; keys this app does not know are kept)
+    cache        <data-dir>/cache                       (LoRA library cache)
+The demo model always lives in the repository (models/Stable-diffusion/lora-ui-demo/).
+
+No gradio and no torch here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL_DIR = REPO_ROOT / "models" / "Stable-diffusion" / "lora-ui-demo"
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")          # same as lora_ui.engine.devices (no torch import here)
+PRECISION_CHOICES = ("auto", "fp16", "bf16", "fp32")
+
+
+class SettingsError(ValueError):
+    """A flag or a config.json value is invalid; the message names it and says what is allowed."""
+
+
+def parse_auth(text: str | None, flag: str = "--gradio-auth") -> list[tuple[str, str]]:
+    """"user:pass[,user2:pass2]" -> [("user", "pass"), ...] (A1111's format; the password may hold ':')."""
+    if text is None or not text.strip():
+        return []
+    pairs = []
+    for item in text.split(","):
+        item = item.strip()
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise SettingsError(f"{flag}: {item!r} is not user:password (several: user1:pass1,user2:pass2)")
+        pairs.append((user, password))
+    return pairs
+
+
+# UI settings (config.json): name -> (default, check(value) -> normalised value or raises ValueError)
+def _float_in(low: float, high: float):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        return float(v)
+    return check
+
+
+def _int_in(low: int, high: int):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or not low <= v <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return int(v)
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _text(v):
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("must be a non-empty text")
+    return v.strip()
+
+
+def _optional_text(v):
+    if v is None:
+        return None
+    return _text(v)
+
+
+UI_SETTINGS: dict[str, tuple[Any, Any]] = {
+    "default_lora_weight": (1.0, _float_in(-2.0, 2.0)),
+    "card_size": (160, _int_in(64, 512)),
+    "outputs_dir": ("outputs", _text),
+    "add_lora_hashes_to_infotext": (True, _bool),
+    "clip_skip": (1, _int_in(1, 12)),
+    "sd_model_checkpoint": (None, _optional_text),
+}
+
+
+@dataclass
+class Settings:
+    """Everything the app is configured with. Build with `Settings.from_args(build_parser().parse_args())`."""
+
+    data_dir: Path = REPO_ROOT
+    ckpt: str | None = None
+    ckpt_dirs: list[Path] = field(default_factory=list)
+    lora_dirs: list[Path] = field(default_factory=list)
+    listen: bool = False
+    port: int = 7860
+    autolaunch: bool = False
+    api: bool = False
+    gradio_auth: list[tuple[str, str]] = field(default_factory=list)
+    api_auth: list[tuple[str, str]] = field(default_factory=list)
+    device: str = "auto"
+    precision: str = "auto"
+    no_half: bool = False
+    allow_pickle: bool = False
+    demo_model_dir: Path = DEMO_MODEL_DIR
+    # UI settings (config.json)
+    default_lora_weight: float = 1.0
+    card_size: int = 160
+    outputs_dir: str = "outputs"
+    add_lora_hashes_to_infotext: bool = True
+    clip_skip: int = 1
+    sd_model_checkpoint: str | None = None
+    config_extra: dict[str, Any] = field(default_factory=dict)   # config.json keys we do not know: kept as is
+    config_warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._config_unreadable: str | None = None  # set by load(): save() must not clobber a broken file
+        self.data_dir = Path(self.data_dir).expanduser()
+        if not self.ckpt_dirs:
+            self.ckpt_dirs = [self.data_dir / "models" / "Stable-diffusion"]
+        if not self.lora_dirs:
+            self.lora_dirs = [self.data_dir / "models" / "Lora", self.data_dir / "models" / "LyCORIS"]
+        self.ckpt_dirs = [Path(p).expanduser() for p in self.ckpt_dirs]
+        self.lora_dirs = [Path(p).expanduser() for p in self.lora_dirs]
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "config.json"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def outputs_path(self) -> Path:
+        """Where images are saved: `outputs_dir`, relative to the data dir unless absolute."""
+        p = Path(self.outputs_dir).expanduser()
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def server_name(self) -> str:
+        return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    # ------------------------------------------------------------------ CLI
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, load_config: bool = True) -> "Settings":
+        """Settings from parsed flags; then config.json (UI settings) from the data dir."""
+        if args.precision not in ("auto", "fp32") and args.no_half:
+            raise SettingsError(f"--no-half means fp32 but --precision {args.precision} was also given; drop one")
+        data_dir = Path(args.data_dir).expanduser() if args.data_dir else REPO_ROOT
+        if args.data_dir and not data_dir.is_dir():
+            raise SettingsError(f"--data-dir {data_dir} does not exist or is not a folder")
+        if not 1 <= args.port <= 65535:
+            raise SettingsError(f"--port {args.port} is not a port number (1-65535)")
+        settings = cls(
+            data_dir=data_dir,
+            ckpt=args.ckpt,
+            ckpt_dirs=[Path(args.ckpt_dir)] if args.ckpt_dir else [],
+            lora_dirs=[Path(p) for p in args.lora_dir or []],
+            listen=args.listen,
+            port=args.port,
+            autolaunch=args.autolaunch,
+            api=args.api,
+            gradio_auth=parse_auth(args.gradio_auth, "--gradio-auth"),
+            api_auth=parse_auth(args.api_auth, "--api-auth"),
+            device=args.device,
+            precision="fp32" if args.no_half else args.precision,
+            no_half=args.no_half,
+            allow_pickle=args.allow_pickle,
+        )
+        if load_config:
+            settings.load()
+        return settings
+
+    # ------------------------------------------------------------------ config.json
+    def ui_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in UI_SETTINGS}
+
+    def load(self) -> None:
+        """Read config.json: known keys that pass their check are applied; a bad value keeps its default
+        with a warning (in `config_warnings` and the log); unknown keys are kept for `save`. A missing
+        file is fine; an unreadable one leaves every setting at its default and is never overwritten
+        silently (save() refuses until it is fixed or removed)."""
+        self.config_warnings = []
+        path = self.config_path
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("the top level is not a JSON object")
+        except (OSError, ValueError) as e:
+            self._config_unreadable = f"{path} is not valid JSON ({e}); fix or delete it"
+            self.config_warnings.append(self._config_unreadable)
+            log.warning(self._config_unreadable)
+            return
+        self._config_unreadable = None
+        for key, value in data.items():
+            if key not in UI_SETTINGS:
+                self.config_extra[key] = value
+                continue
+            try:
+                setattr(self, key, UI_SETTINGS[key][1](value))
+            except ValueError as e:
+                msg = f"{path}: {key} {e} (got {value!r}); using {getattr(self, key)!r}"
+                self.config_warnings.append(msg)
+                log.warning(msg)
+
+    def save(self) -> Path:
+        """Write the UI settings (checked) plus the kept unknown keys to config.json, atomically.
+        Raises SettingsError naming the bad value; then nothing is written."""
+        if self._config_unreadable:
+            raise SettingsError(f"not saving: {self._config_unreadable}")
+        values = {}
+        for key, (_, check) in UI_SETTINGS.items():
+            try:
+                values[key] = check(getattr(self, key))
+            except ValueError as e:
+                raise SettingsError(f"{key} {e} (got {getattr(self, key)!r})") from None
+        data = {**self.config_extra, **values}
+        path = self.config_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2, sort_keys=False)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for key, value in values.items():
+            setattr(self, key, value)
+        return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """webui.py's flags, named as in A1111 where A1111 has them."""
+    p = argparse.ArgumentParser(
+        prog="webui.py",
+        description="LoRA UI: an AUTOMATIC1111-style web UI for using LoRAs with Stable Diffusion (diffusers).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="base folder for models/, outputs/, config.json and cache/ (A1111 layout); "
+                        "point it at an existing A1111 install to use its checkpoints and LoRAs "
+                        "(default: this repository)")
+    p.add_argument("--ckpt", default=None, metavar="PATH",
+                   help="checkpoint to load at start: an A1111 .safetensors file (SD1.x or SDXL), a diffusers "
+                        "folder, or a name from the checkpoint folder (default: the embedded demo model)")
+    p.add_argument("--ckpt-dir", default=None, metavar="DIR",
+                   help="folder with checkpoints (default: <data-dir>/models/Stable-diffusion)")
+    p.add_argument("--lora-dir", action="append", default=None, metavar="DIR",
+                   help="folder with LoRA/LyCORIS files, searched recursively; repeat for several "
+                        "(default: <data-dir>/models/Lora and <data-dir>/models/LyCORIS)")
+    p.add_argument("--listen", action="store_true",
+                   help="serve on 0.0.0.0 so other machines on the network can connect (use with --gradio-auth)")
+    p.add_argument("--port", type=int, default=7860, help="port of the web UI")
+    p.add_argument("--autolaunch", action="store_true", help="open the UI in the system's browser at start")
+    p.add_argument("--api", action="store_true",
+                   help="also serve the A1111-compatible REST API under /sdapi/v1 (docs at /docs)")
+    p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
+                   help="require a login for the web UI")
+    p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
+                   help="require HTTP Basic authentication for the REST API")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where to run the model: auto picks cuda, then mps, then cpu")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="weights' precision: auto is fp16 on cuda/mps and fp32 on cpu (fp16 on cpu is refused)")
+    p.add_argument("--no-half", action="store_true", help="A1111's name for --precision fp32")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading .ckpt/.pt pickle files (checkpoints and LoRAs); pickle files can run "
+                        "arbitrary code, only use files you trust")
+    return p
+
+
+def settings_from_argv(argv: Sequence[str] | None = None) -> Settings:
+    """Parse flags (argparse exits with a usage message on unknown flags) and build Settings;
+    a SettingsError is reported through the parser as a usage error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return Settings.from_args(args)
+    except SettingsError as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
+__all__ = ["Settings", "SettingsError", "build_parser", "parse_auth", "settings_from_argv", "UI_SETTINGS",
+]

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""LoRA UI entry point: flags -> Settings -> AppContext -> gradio web UI (+ /sdapi/v1 with --api).
+
+    python webui.py                       # http://127.0.0.1:7860 with the embedded demo model
+    python webui.py --data-dir ~/stable-diffusion-webui --api
+    python webui.py --help                # every flag
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("lora_ui")
+
+
+def _quiet_environment() -> None:
+    """No telemetry and no hub access (everything ships with the app); a proxy must not catch localhost."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    for var in ("NO_PROXY", "no_proxy"):
+        current = os.environ.get(var, "")
+        if "127.0.0.1" not in current:
+            os.environ[var] = ",".join(x for x in (current, "127.0.0.1,localhost") if x)
+
+
+def security_warnings(settings) -> list[str]:
+    """What is exposed without a password when listening on the network."""
+    warnings = []
+    if settings.listen and not settings.gradio_auth:
+        warnings.append("--listen without --gradio-auth: anyone on your network can use this UI. "
+                        "Add --gradio-auth user:password.")
+    if settings.listen and settings.api and not settings.api_auth:
+        warnings.append("--listen --api without --api-auth: anyone on your network can use the REST API. "
+                        "Add --api-auth user:password.")
+    return warnings
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lora_ui.settings import settings_from_argv
+
+    settings = settings_from_argv(argv)  # --help and usage errors exit here, before anything heavy
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_environment()
+    for warning in settings.config_warnings + security_warnings(settings):
+        log.warning(warning)
+
+    from lora_ui.app import AppContext
+    from lora_ui.engine.checkpoints import CheckpointError
+
+    ctx = AppContext.build(settings)
+    try:
+        model = ctx.models.require()
+    except CheckpointError as e:
+        log.error("Cannot load the checkpoint: %s", e)
+        ctx.close()
+        return 2
+    log.info("Model ready: %s (%s, %s on %s)", model.name, model.arch, model.dtype, model.device)
+
+    from lora_ui.ui import build_ui
+    from lora_ui.ui.app import UI_CSS
+
+    blocks = build_ui(ctx)
+    app, local_url, _ = blocks.queue().launch(
+        server_name=settings.server_name, server_port=settings.port,
+        auth=settings.gradio_auth or None, inbrowser=settings.autolaunch,
+        prevent_thread_lock=True, share=False, ssr_mode=False, css=UI_CSS,
+    )
+    if settings.api:
+        from lora_ui.api import create_api
+
+        create_api(app, ctx, settings.api_auth or None)
+        log.info("REST API on %ssdapi/v1 (docs: %sdocs)", local_url, local_url)
+    log.info("LoRA UI running on %s", local_url)
+    try:
+        blocks.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctx.close()
+        blocks.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
