@@ -23,6 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     p_export = sub.add_parser("export", help="save the EMA model of the latest checkpoint to models/")
     p_export.add_argument("--work-dir", type=Path, default=paths.WORK_DIR)
     p_export.add_argument("--out", type=Path, default=paths.DEMO_MODEL_DIR)
+    p_loras = sub.add_parser("train-loras", help="train the demo LoRAs on the demo model (models/Lora/demo/)")
+    p_loras.add_argument("--model", type=Path, default=paths.DEMO_MODEL_DIR)
+    p_loras.add_argument("--out", type=Path, default=paths.DEMO_LORA_DIR)
+    p_loras.add_argument("--only", nargs="*", help="names of the demo LoRAs to train (default: all)")
+    p_loras.add_argument("--steps", type=int, help="override every LoRA's step count")
+    p_eval = sub.add_parser("evaluate", help="score the demo model and LoRAs with the world's classifier")
+    p_eval.add_argument("--model", type=Path, default=paths.DEMO_MODEL_DIR)
+    p_eval.add_argument("--loras", type=Path, default=paths.DEMO_LORA_DIR)
+    p_eval.add_argument("--json", type=Path, help="write the numbers here (default: <model>/evaluation.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(getattr(args, "threads", 1))
 
@@ -43,4 +52,37 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         save_pipeline(trainer.pipeline(), args.out)
         print(f"exported stage {trainer.stage} step {trainer.step} to {args.out}")
+    elif args.command in ("train-loras", "evaluate"):
+        from . import DemoModelMissing, check_demo_model
+
+        try:
+            check_demo_model(args.model)
+        except DemoModelMissing as exc:
+            print(exc)
+            return 1
+        if args.command == "train-loras":
+            return _train_loras(args)
+        from .evaluate import main as evaluate_main
+
+        evaluate_main(args.model, args.loras, args.json or args.model / "evaluation.json")
+    return 0
+
+
+def _train_loras(args) -> int:
+    from .evaluate import load_demo_pipeline
+    from .lora_train import DEMO_LORAS, train_and_save
+    from .train import log
+
+    names = args.only or list(DEMO_LORAS)
+    unknown = [n for n in names if n not in DEMO_LORAS]
+    if unknown:
+        print(f"unknown demo LoRA(s) {unknown}; known: {sorted(DEMO_LORAS)}")
+        return 1
+    pipe = load_demo_pipeline(args.model)
+    work = paths.WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path, losses = train_and_save(pipe, DEMO_LORAS[name], args.out, steps=args.steps,
+                                      log=lambda m: log(work, m))
+        print(f"{name}: saved {path} (loss {sum(losses[:20]) / 20:.4f} -> {sum(losses[-20:]) / 20:.4f})")
     return 0
