@@ -180,9 +180,16 @@ def test_fuzz_extract_never_raises_and_spans_are_consistent(prompt):
         assert isinstance(tag, LoraTag)
         assert prompt[tag.span[0]:tag.span[1]] == tag.text
         assert tag.name and tag.name == tag.name.strip()
-    # the text never holds a complete lora tag any more
-    _, again, _ = extract_lora_tags(text)
-    assert again == []
+    # tags come in order, do not overlap, and the text is the prompt minus every matched tag span
+    spans = [t.span for t in tags]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert len(text) <= len(prompt) - sum(end - start for start, end in spans)
+
+
+def test_removal_is_one_pass_like_a1111():
+    # removing the inner tag joins text that looks like a tag; A1111 does not re-parse it either
+    text, tags, _ = extract_lora_tags("<lo<lora:a:1>ra:b>")
+    assert [t.name for t in tags] == ["a"] and text == "<lora:b>"
 
 
 @settings(max_examples=300, deadline=None)
