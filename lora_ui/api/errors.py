@@ -78,7 +78,8 @@ class ApiRoute(APIRoute):
             except (ApiError, ApiErrors) as exc:
                 errors = exc.errors if isinstance(exc, ApiErrors) else [exc]
                 fields = [{"field": e.field, "message": e.message} for e in errors]
-                return error_response(exc.status, "BadRequest" if exc.status < 500 else "ServerError", str(exc),
+                kind = "NotImplemented" if exc.status == 501 else "BadRequest" if exc.status < 500 else "ServerError"
+                return error_response(exc.status, kind, str(exc),
                                       await _body_text(request), fields)
             except HTTPException as exc:
                 return error_response(exc.status_code, "HTTPException", str(exc.detail), await _body_text(request),

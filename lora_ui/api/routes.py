@@ -602,6 +602,21 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits
     def memory():
         return api.memory()
 
+    # Listings A1111 clients read at start-up; this app has none of these, so they are empty.
+    empty_lists = ("sd-vae", "prompt-styles", "upscalers", "latent-upscale-modes", "hypernetworks", "face-restorers")
+    for path in empty_lists:
+        router.add_api_route(f"/{path}", lambda: [], methods=["GET"], tags=a1111, name=path,
+                             summary="Always empty here (A1111 clients read it at start-up)")
+
+    @router.get("/embeddings", tags=a1111)
+    def embeddings():
+        return {"loaded": {}, "skipped": {}}
+
+    @router.post("/img2img", tags=a1111, status_code=501)
+    def img2img():
+        """Not supported by this app (txt2img only)."""
+        raise ApiError("", "img2img is not supported by LoRA UI; use /sdapi/v1/txt2img", status=501)
+
     @router.post("/lora-ui/compare", response_model=m.CompareResponse, tags=own,
                  summary="Render without and with LoRAs at one seed; difference numbers and heatmap")
     def compare(body: m.CompareBody):

@@ -199,3 +199,12 @@ def test_auth_on_and_off(api_env):
         assert ok.status_code == 200 and len(ok.json()["images"]) == 1
     with httpx.Client(base_url=api_env.url, timeout=60) as c:  # auth off: no credentials needed
         assert c.get("/sdapi/v1/samplers").status_code == 200
+
+
+def test_listings_a1111_clients_read_at_start_up_and_img2img(client):
+    for path in ("sd-vae", "prompt-styles", "upscalers", "latent-upscale-modes", "hypernetworks", "face-restorers"):
+        r = client.get(f"/sdapi/v1/{path}")
+        assert r.status_code == 200 and r.json() == [], path
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    r = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": []})
+    assert r.status_code == 501 and r.json()["error"] == "NotImplemented" and "txt2img" in r.json()["detail"]
