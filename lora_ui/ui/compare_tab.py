@@ -107,7 +107,7 @@ class CompareHandlers:
             base = self._base_request(prompt, negative, sampler, schedule, steps, cfg, width, height, seed)
             pairs = [(name, weight) for name in picked_names(loras)]
             future = cmp.submit_compare(self.ctx, cmp.CompareRequest(base=base, loras=pairs))
-        except (cmp.CompareError, ValueError, TypeError) as exc:
+        except Exception as exc:  # bad input (CompareError, ValueError) or a stopped worker: say so, plainly
             notify.warn(f"Not compared: {exc}")
             yield progress_only("")
             return
@@ -134,7 +134,7 @@ class CompareHandlers:
             weights = cmp.parse_weight_list(weights_text)
             base = self._base_request(prompt, negative, sampler, schedule, steps, cfg, width, height, seed)
             future = cmp.submit_sweep(self.ctx, cmp.SweepRequest(base=base, weights=weights, loras=picked_names(loras)))
-        except (cmp.CompareError, ValueError, TypeError) as exc:
+        except Exception as exc:  # bad input (CompareError, ValueError) or a stopped worker: say so, plainly
             notify.warn(f"No sweep: {exc}")
             yield progress_only("")
             return

@@ -145,3 +145,12 @@ def test_the_tab_builds_with_the_components_send_to_compare_needs(rig):
     assert (tab.weight.minimum, tab.weight.maximum, tab.weight.step) == (-2, 2, 0.05)
     assert tab.sweep_weights.value == "0, 0.25, 0.5, 0.75, 1"
     assert tab.slider.format == "png" and tab.seed.value == -1
+
+
+def test_a_stopped_worker_gives_a_warning_not_a_traceback(pipe, lora_files, tmp_path):
+    rig = make_rig(pipe, lora_files)
+    rig.close()
+    handlers = CompareHandlers(Context(worker=rig.worker, library=rig.library), poll_seconds=0.01, grids_dir=tmp_path)
+    with pytest.warns(UserWarning, match="Not compared: .*shut down"):
+        outputs = run_compare(handlers)
+    assert len(outputs) == 1
