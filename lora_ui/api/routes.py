@@ -117,14 +117,15 @@ class SdApi:
             return False
         return path is not None and current.path is not None and path.resolve() == current.path.resolve()
 
-    def _clip_skip_override(self, overrides: dict[str, Any]) -> int | None:
+    @staticmethod
+    def _clip_skip_override(overrides: dict[str, Any], field: str) -> int | None:
         if "CLIP_stop_at_last_layers" not in overrides:
             return None
         value = overrides["CLIP_stop_at_last_layers"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
-                or not 1 <= int(value) <= MAX_CLIP_SKIP:
-            raise ApiError("override_settings.CLIP_stop_at_last_layers",
-                           f"must be a whole number from 1 to {MAX_CLIP_SKIP}, got {value!r}")
+        whole = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+                 and int(value) == value)
+        if not whole or not 1 <= int(value) <= MAX_CLIP_SKIP:
+            raise ApiError(field, f"must be a whole number from 1 to {MAX_CLIP_SKIP}, got {value!r}")
         return int(value)
 
     def build_request(self, body: m.Txt2ImgBody, extra_lora_names: list[str] = ()) -> tuple[Any, str | None, list]:
@@ -173,7 +174,7 @@ class SdApi:
         checkpoint = None
         clip_skip = self.clip_skip
         try:
-            override_clip = self._clip_skip_override(overrides)
+            override_clip = self._clip_skip_override(overrides, "override_settings.CLIP_stop_at_last_layers")
             if override_clip is not None:
                 clip_skip = override_clip
         except ApiError as exc:
@@ -332,7 +333,7 @@ class SdApi:
         }
 
     def set_options(self, body: dict[str, Any]) -> dict[str, Any]:
-        clip = self._clip_skip_override(body) if "CLIP_stop_at_last_layers" in body else None
+        clip = self._clip_skip_override(body, "CLIP_stop_at_last_layers")
         ref = None
         if "sd_model_checkpoint" in body:
             ref = self._check_checkpoint(body["sd_model_checkpoint"], "sd_model_checkpoint")

@@ -114,7 +114,12 @@ def test_bad_options(api_env, client, untouched):
                         "sd_model_checkpoint")
     assert "tiny-b" in body["detail"]  # the known names are listed
     assert_error(client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": "two"}), 422,
-                 "override_settings.CLIP_stop_at_last_layers")
+                 "CLIP_stop_at_last_layers")
+    assert_error(client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2.5}), 422,
+                 "CLIP_stop_at_last_layers")
+    infinite = b'{"CLIP_stop_at_last_layers": 1e400}'  # JSON parses this to float inf
+    assert_error(client.post("/sdapi/v1/options", content=infinite, headers={"content-type": "application/json"}),
+                 422, "CLIP_stop_at_last_layers")
     assert_error(client.post("/sdapi/v1/options", content=b"{", headers={"content-type": "application/json"}),
                  422, "body")
     assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
