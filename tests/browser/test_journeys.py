@@ -61,13 +61,8 @@ def test_notes_edit_survives_reload_and_is_written_to_name_json(page, app_server
     expect(page.locator("#lora_details_info")).to_contain_text("papercut")
     page.locator("#lora_meta_notes textarea").fill("cut paper look, try 0.6")
     page.locator("#lora_meta_save").click()
+    expect(page.get_by_text("Saved papercut.json").first).to_be_visible()  # the save event has finished
     sidecar = app_server.lora_dir / "papercut.json"
-    expect(page.locator("#lora_details_info")).to_be_visible()
-    page.wait_for_function("() => true")  # let the save event finish before reading the file
-    for _ in range(100):
-        if sidecar.exists():
-            break
-        page.wait_for_timeout(100)
     assert json.loads(sidecar.read_text())["notes"] == "cut paper look, try 0.6"
 
     page.reload()
