@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--out", type=Path, default=paths.DEMO_MODEL_DIR)
     p_train.add_argument("--vae-steps", type=int)
     p_train.add_argument("--unet-steps", type=int)
+    p_train.add_argument("--ema-decay", type=float)
     p_train.add_argument("--threads", type=int, default=1)
     p_export = sub.add_parser("export", help="save the EMA model of the latest checkpoint to models/")
     p_export.add_argument("--work-dir", type=Path, default=paths.WORK_DIR)
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.vae_steps = args.vae_steps
         if args.unet_steps:
             cfg.unet_steps = args.unet_steps
+        if args.ema_decay:
+            cfg.ema_decay = args.ema_decay
         train(args.work_dir, args.out, cfg)
         print(f"demo model saved to {args.out}")
     elif args.command == "export":

@@ -240,3 +240,32 @@ def test_training_reduces_the_loss(pipe):
     spec = replace(DEMO_LORAS["demo-dark"], batch=4, lr=1e-2, text_encoder=False, unet_convs=False)
     _, losses, _ = train_lora(pipe, spec, steps=30, dataset_size=8, image_size=32, progress=False)
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_plain_lora_file_loads_in_diffusers_peft_with_the_same_effect(trained):
+    """demo-dark's layout (text encoder + attention + 3x3 resnet convs) through diffusers' kohya
+    converter and peft gives exactly the outputs our adapters give, at a non-trivial weight."""
+    spec, net, path, _ = trained["demo-dark"]
+    fresh = tiny_sd1_pipeline(0)  # peft modifies the pipeline it loads into: keep the fixture clean
+    mine = AdapterSet(fresh, spec.kind, spec.rank, spec.alpha, spec.unet_convs, spec.text_encoder,
+                      spec.conv_rank, spec.conv_alpha)
+    load_into(mine, path)
+    torch.manual_seed(2)
+    x = torch.randn(1, 4, 16, 16)
+    ids = fresh.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+
+    def run():
+        cond = fresh.text_encoder(ids).last_hidden_state
+        return cond, fresh.unet(x, torch.tensor([500]), cond).sample
+
+    with torch.no_grad():
+        base_te, base = run()
+        with mine:
+            mine.set_multiplier(0.8)
+            our_te, ours = run()
+        fresh.load_lora_weights(str(path), adapter_name="dark")
+        fresh.set_adapters(["dark"], [0.8])
+        peft_te, theirs = run()
+    assert (our_te - base_te).abs().mean() > 1e-4 and (ours - base).abs().mean() > 1e-4
+    torch.testing.assert_close(peft_te, our_te, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)

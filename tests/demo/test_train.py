@@ -1,0 +1,95 @@
+"""Demo-model training on a tiny config: the loss falls, interruption resumes exactly, export loads."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from lora_ui.demo.models import TINY
+from lora_ui.demo.train import CKPT_NAME, STAGE_DONE, STAGE_UNET, DemoTrainer, TrainConfig, save_pipeline, train
+
+CFG = TrainConfig(model=TINY, vae_steps=40, vae_batch=8, vae_lr=3e-3, unet_steps=40, unet_batch=8,
+                  latent_pool=128, ckpt_every=10, sample_every=1000, warmup=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo-train")
+    out = work / "model"
+    trainer = train(work, out, CFG, progress=False)
+    return trainer, work, out
+
+
+def test_both_stages_ran_and_the_loss_fell(trained):
+    trainer, _, _ = trained
+    assert trainer.stage == STAGE_DONE
+    vae, unet = trainer.losses["vae"], trainer.losses["unet"]
+    assert len(vae) == CFG.vae_steps and len(unet) == CFG.unet_steps
+    assert np.mean(vae[-8:]) < 0.85 * np.mean(vae[:8])
+    assert np.mean(unet[-10:]) < np.mean(unet[:10])
+
+
+def test_scaling_factor_gives_unit_latents(trained):
+    trainer, _, _ = trained
+    from lora_ui.demo import world
+    from lora_ui.demo.train import to_unit_range
+
+    images, _, _ = world.render_batch(np.random.default_rng(5), 64, TINY.image_size)
+    with torch.no_grad():
+        z = trainer.vae.encode(to_unit_range(images)).latent_dist.mean * trainer.scaling_factor
+    assert z.std().item() == pytest.approx(1.0, rel=0.25)
+
+
+def test_export_is_a_diffusers_folder_in_fp16(trained):
+    from diffusers import StableDiffusionPipeline
+
+    trainer, _, out = trained
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    for f in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+              "text_encoder/model.safetensors"):
+        with safe_open(str(out / f), "pt") as st:
+            assert {st.get_tensor(k).dtype for k in st.keys()} == {torch.float16}, f
+    assert (out / "tokenizer" / "vocab.json").is_file() and (out / "tokenizer" / "merges.txt").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True, dtype=torch.float32)
+    assert len(pipe.tokenizer) == 49408
+    assert pipe.vae.config.scaling_factor == pytest.approx(trainer.scaling_factor, rel=1e-6)
+    # the loaded UNet is the EMA UNet, rounded to fp16
+    sd = trainer.ema_unet.state_dict()
+    for k, v in pipe.unet.state_dict().items():
+        torch.testing.assert_close(v, sd[k].half().float())
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe("a big red circle on a blue background", height=32, width=32, num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert img.shape == (32, 32, 3) and np.isfinite(img).all()
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_and_matches(tmp_path, trained):
+    """Stop mid-way through each stage, start a new trainer: it continues from the saved step and
+    ends with exactly the weights of the uninterrupted run."""
+    full, _, _ = trained
+    work = tmp_path / "w"
+    first = DemoTrainer(CFG, work, progress=False)
+    first.run(stop_after=25)  # inside the VAE stage
+    assert (work / CKPT_NAME).exists()
+    second = DemoTrainer(CFG, work, progress=False)
+    assert second.load() and second.stage == "vae" and second.step == 25
+    second.run(stop_after=CFG.vae_steps - 25 + 13)  # finishes the VAE, 13 UNet steps
+    third = DemoTrainer(CFG, work, progress=False)
+    assert third.load() and third.stage == STAGE_UNET and third.step == 13
+    third.run()
+    assert third.stage == STAGE_DONE
+    assert third.losses["unet"] == pytest.approx(full.losses["unet"], rel=1e-5)
+    for k, v in third.ema_unet.state_dict().items():
+        torch.testing.assert_close(v, full.ema_unet.state_dict()[k], rtol=1e-5, atol=1e-6)
+
+
+def test_train_on_a_finished_checkpoint_does_no_more_steps(tmp_path, trained):
+    _, work, _ = trained
+    again = DemoTrainer(CFG, work, progress=False)
+    assert again.load() and again.stage == STAGE_DONE
+    before = {k: v.clone() for k, v in again.unet.state_dict().items()}
+    again.run()
+    assert all(torch.equal(before[k], v) for k, v in again.unet.state_dict().items())
