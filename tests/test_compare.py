@@ -8,7 +8,7 @@ from PIL import Image
 
 from lora_ui import compare as cmp
 from lora_ui.testing.tiny_models import tiny_sd1_pipeline
-from tests.test_compare_support import Context, Entry, make_rig, tiny_request, write_tiny_lora
+from tests.test_compare_support import Context, make_rig, tiny_request, write_tiny_lora
 
 SEED = 1234
 
@@ -27,6 +27,7 @@ def lora_files(pipe, tmp_path_factory):
     return {
         "styleA": write_tiny_lora(pipe, folder / "styleA.safetensors", seed=1),
         "charB": write_tiny_lora(pipe, folder / "charB.safetensors", seed=2),
+        "x3": write_tiny_lora(pipe, folder / "x3.safetensors", seed=3),
     }
 
 
@@ -331,7 +332,6 @@ def test_sweep_without_zero_renders_no_baseline_and_defaults_to_prompt_loras(ctx
     (dict(weights=[0, float("inf")], loras=["styleA"]), "finite"),
 ])
 def test_sweep_refuses_bad_input_before_rendering(ctx, rig, request_kwargs, message):
-    ctx.library.entries.append(Entry("x3", ctx.library.lora_files["styleA"]))
     with pytest.raises(cmp.CompareError) as info:
         cmp.sweep(ctx, cmp.SweepRequest(base=tiny_request(prompt="cube", seed=1), **request_kwargs))
     assert message in str(info.value)

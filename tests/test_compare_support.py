@@ -1,11 +1,11 @@
 """Shared helpers for the compare tests (no tests here): a tiny kohya LoRA file for the tiny SD1
-pipeline, and the real Worker + txt2img.generate + LoraManager around that pipeline, with a small
-stand-in for the library (name -> file; resolve / specs_for / entries of the LoraLibrary contract).
+pipeline, and the real Worker + txt2img.generate + LoraManager + LoraLibrary around that pipeline.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -15,7 +15,6 @@ from lora_ui.engine.checkpoints import LoadedModel
 from lora_ui.engine.txt2img import Txt2ImgRequest
 from lora_ui.engine.worker import Worker
 from lora_ui.lora.manager import LoraManager
-from lora_ui.lora.spec import LoraSpec
 
 IMAGE_SIZE = 32
 STEPS = 3
@@ -55,32 +54,6 @@ def write_tiny_lora(pipe, path: Path, seed: int, rank: int = 4, std: float = 0.4
     return path
 
 
-@dataclass
-class Entry:
-    name: str
-    path: Path
-
-
-class StandInLibrary:
-    """resolve / specs_for / entries of the LoraLibrary contract, over a name -> file dict."""
-
-    def __init__(self, lora_files: dict[str, Path]):
-        self.lora_files = dict(lora_files)
-        self.entries = [Entry(name, path) for name, path in self.lora_files.items()]
-
-    def resolve(self, name: str):
-        return next((entry for entry in self.entries if entry.name == name), None)
-
-    def specs_for(self, tags):
-        specs, warnings = [], []
-        for tag in tags:
-            if tag.name in self.lora_files:
-                specs.append(LoraSpec(path=self.lora_files[tag.name], name=tag.name, te=tag.te, unet=tag.unet_weight))
-            else:
-                warnings.append(f"unknown LoRA '{tag.name}': no such file")
-        return specs, warnings
-
-
 class RecordingGenerate:
     """The real txt2img.generate, recording each request it renders."""
 
@@ -97,7 +70,7 @@ class Rig:
     """What a compare test needs: the worker, its library, and the log of renders."""
 
     worker: Worker
-    library: StandInLibrary
+    library: Any
     generate: RecordingGenerate
     lora_files: dict[str, Path] = field(default_factory=dict)
 
@@ -116,11 +89,17 @@ class Context:
     """The two AppContext attributes compare/sweep read."""
 
     worker: Worker
-    library: StandInLibrary | None
+    library: Any
 
 
 def make_rig(pipe, lora_files: dict[str, Path], with_library: bool = True) -> Rig:
-    library = StandInLibrary(lora_files)
+    """The real LoraLibrary over the folder of `lora_files` (one folder), the real Worker."""
+    from lora_ui.library import LoraLibrary
+
+    folders = {path.parent for path in lora_files.values()}
+    assert len(folders) == 1, "the tiny LoRAs live in one folder"
+    library = LoraLibrary(list(folders), cache_dir=None)
+    library.refresh()
     generate = RecordingGenerate()
     worker = Worker(tiny_model(pipe), library=library if with_library else None,
                     lora_manager_factory=LoraManager, generate=generate)

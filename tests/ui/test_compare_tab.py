@@ -141,7 +141,7 @@ def test_the_tab_builds_with_the_components_send_to_compare_needs(rig):
     ctx = Context(worker=rig.worker, library=rig.library)
     with gr.Blocks():
         tab = build_compare_tab(ctx)
-    assert tab.lora.multiselect and tab.lora.choices == [("styleA", "styleA"), ("charB", "charB")]
+    assert tab.lora.multiselect and sorted(tab.lora.choices) == [("charB", "charB"), ("styleA", "styleA")]
     assert (tab.weight.minimum, tab.weight.maximum, tab.weight.step) == (-2, 2, 0.05)
     assert tab.sweep_weights.value == "0, 0.25, 0.5, 0.75, 1"
     assert tab.slider.format == "png" and tab.seed.value == -1
