@@ -59,7 +59,12 @@ One plain shape on a plain background, 64x64 px.
 2. UNet + text encoder, {cfg.unet_steps} steps x {cfg.unet_batch} images from a pool of {cfg.latent_pool} encoded
    scenes: epsilon prediction on SD1's scaled-linear schedule, min-SNR-gamma weighting (gamma
    {cfg.min_snr_gamma}), {cfg.caption_dropout:.0%} caption dropout for classifier-free guidance, EMA {cfg.ema_decay},
-   AdamW lr {cfg.unet_lr} (text encoder {cfg.te_lr}). The shipped weights are the EMA weights.
+   AdamW lr {cfg.unet_lr} (text encoder {cfg.te_lr}). The shipped UNet and text encoder are the EMA weights.
+3. VAE generalisation, {cfg.vae_general_steps} steps x {cfg.vae_batch}: the stage-1 VAE only knew the 8 palette colours,
+   so it is taught darkened, pastel, striped, outlined and re-tinted scenes (what the demo LoRAs paint)
+   while anchored to the stage-1 VAE on world images (encoder latents and decoder output kept), so the
+   UNet's latent space is unchanged. It depends only on the stage-1 VAE, so it ran in parallel with
+   stage 2 for the shipped model.
 Interrupted runs resume from `data/demo-train/ckpt.pt`; `python -m lora_ui.demo export` saves the
 latest checkpoint's EMA weights here.
 

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p_loras.add_argument("--out", type=Path, default=paths.DEMO_LORA_DIR)
     p_loras.add_argument("--only", nargs="*", help="names of the demo LoRAs to train (default: all)")
     p_loras.add_argument("--steps", type=int, help="override every LoRA's step count")
+    p_loras.add_argument("--lr", type=float, help="override every LoRA's learning rate")
+    p_loras.add_argument("--init-dir", type=Path, help="continue from same-named LoRA files in this folder")
     p_eval = sub.add_parser("evaluate", help="score the demo model and LoRAs with the world's classifier")
     p_eval.add_argument("--model", type=Path, default=paths.DEMO_MODEL_DIR)
     p_eval.add_argument("--loras", type=Path, default=paths.DEMO_LORA_DIR)
@@ -86,6 +88,6 @@ def _train_loras(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     for name in names:
         path, losses = train_and_save(pipe, DEMO_LORAS[name], args.out, steps=args.steps,
-                                      log=lambda m: log(work, m))
+                                      log=lambda m: log(work, m), init_dir=args.init_dir, lr=args.lr)
         print(f"{name}: saved {path} (loss {sum(losses[:20]) / 20:.4f} -> {sum(losses[-20:]) / 20:.4f})")
     return 0

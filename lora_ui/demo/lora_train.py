@@ -89,7 +89,7 @@ class DemoLora:
     unet_convs: bool = False
     text_encoder: bool = False
     steps: int = 400
-    batch: int = 16
+    batch: int = 8
     lr: float = 1e-3
     high_noise_bias: float = 1.0  # timesteps t = 999 * u ** (1 / bias): > 1 favours high noise
     preferred_weight: float = 1.0
@@ -101,21 +101,21 @@ DEMO_LORAS: dict[str, DemoLora] = {
         "demo-dark", "lora", style_dark,
         "Darkens the whole image (an homage to LowRA). Plain kohya LoRA on attention, resnet convs and "
         "the text encoder. Negative weights brighten.",
-        rank=8, alpha=4.0, conv_rank=4, conv_alpha=2.0, unet_convs=True, text_encoder=True, steps=600,
-        lr=2e-3, high_noise_bias=2.0, preferred_weight=1.0),
+        rank=8, alpha=4.0, conv_rank=4, conv_alpha=2.0, unet_convs=True, text_encoder=True, steps=300,
+        lr=3e-3, high_noise_bias=2.0, preferred_weight=1.0),
     "demo-stripes": DemoLora(
         "demo-stripes", "locon", style_stripes,
         "Dark horizontal stripes across the image. LyCORIS LoCon (3x3 conv down, 1x1 up on resnet convs).",
         activation_text="striped", rank=8, alpha=4.0, conv_rank=8, conv_alpha=4.0, unet_convs=True,
-        steps=500, lr=2e-3, high_noise_bias=1.5, preferred_weight=1.0),
+        steps=250, lr=3e-3, high_noise_bias=1.5, preferred_weight=1.0),
     "demo-outline": DemoLora(
         "demo-outline", "loha", style_outline,
         "A thick ink outline around the shape. LyCORIS LoHa on the attention layers.",
-        activation_text="outlined", rank=4, alpha=2.0, steps=500, lr=2e-3, preferred_weight=1.0),
+        activation_text="outlined", rank=4, alpha=2.0, steps=250, lr=3e-3, preferred_weight=1.0),
     "demo-pastel": DemoLora(
         "demo-pastel", "lokr", style_pastel,
         "Soft pastel colours (washed towards white). LyCORIS LoKr on the attention layers.",
-        activation_text="pastel", rank=4, alpha=4.0, steps=400, lr=2e-3, high_noise_bias=1.5,
+        activation_text="pastel", rank=4, alpha=4.0, steps=250, lr=3e-3, high_noise_bias=1.5,
         preferred_weight=1.0),
 }
 
@@ -149,19 +149,26 @@ def caption_for(spec: DemoLora, scene: world.Scene, rng: np.random.Generator) ->
 
 
 def train_lora(pipe, spec: DemoLora, *, steps: int | None = None, seed: int = 0, dataset_size: int = 512,
-               image_size: int = 64, progress: bool = True, log: Callable[[str], None] | None = None):
-    """Train one demo LoRA on the frozen pipeline -> (AdapterSet, losses, info for the metadata)."""
+               image_size: int = 64, progress: bool = True, log: Callable[[str], None] | None = None,
+               init_from: Path | None = None, lr: float | None = None, prior_steps: int = 0):
+    """Train one demo LoRA on the frozen pipeline -> (AdapterSet, losses, info for the metadata).
+
+    `init_from`: continue from a saved file of the same layout (e.g. trained on an earlier checkpoint
+    of the base model), `prior_steps` are the steps that file already had."""
     steps = steps if steps is not None else spec.steps
     torch.manual_seed(seed)
     for m in (pipe.unet, pipe.text_encoder, pipe.vae):
         m.requires_grad_(False).eval()
     net = AdapterSet(pipe, spec.kind, spec.rank, spec.alpha, spec.unet_convs, spec.text_encoder,
                      spec.conv_rank, spec.conv_alpha)
+    if init_from is not None:
+        load_into(net, init_from)
+    lr = lr if lr is not None else spec.lr
     latents, scenes = build_dataset(pipe, spec, dataset_size, seed, image_size)
     caption_rng = np.random.default_rng([seed, 5])
     captions = [caption_for(spec, sc, caption_rng) for sc in scenes]  # one fixed caption per image
     alphas = pipe.scheduler.alphas_cumprod.float()
-    opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     started = int(time.time())
@@ -179,9 +186,8 @@ def train_lora(pipe, spec: DemoLora, *, steps: int | None = None, seed: int = 0,
             cond = pipe.text_encoder(ids).last_hidden_state
             pred = pipe.unet(noisy, t, cond).sample
             loss = F.mse_loss(pred, noise)
-            lr = spec.lr * min(1.0, (step + 1) / 20)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * min(1.0, (step + 1) / 20)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -192,7 +198,7 @@ def train_lora(pipe, spec: DemoLora, *, steps: int | None = None, seed: int = 0,
     tag_counts: Counter[str] = Counter()
     for cap in captions:
         tag_counts.update(t.strip() for t in cap.split(",") if t.strip())
-    info = {"steps": steps, "started": started, "num_images": len(captions), "tag_frequency": dict(tag_counts),
+    info = {"steps": prior_steps + steps, "started": started, "num_images": len(captions), "tag_frequency": dict(tag_counts),
             "image_size": image_size, "seed": seed}
     return net, losses, info
 
@@ -300,11 +306,21 @@ def render(pipe, prompt: str, seed: int, net: AdapterSet | None = None, weight: 
 
 
 def train_and_save(pipe, spec: DemoLora, out_dir: Path, steps: int | None = None, progress: bool = True,
-                   log: Callable[[str], None] | None = None) -> tuple[Path, list[float]]:
-    """Train one demo LoRA and write name.safetensors, name.json and name.png in out_dir."""
+                   log: Callable[[str], None] | None = None, init_dir: Path | None = None,
+                   lr: float | None = None) -> tuple[Path, list[float]]:
+    """Train one demo LoRA and write name.safetensors, name.json and name.png in out_dir.
+    `init_dir`: continue from the same-named file there (its ss_max_train_steps are added)."""
     from PIL import Image
 
-    net, losses, info = train_lora(pipe, spec, steps=steps, progress=progress, log=log)
+    init_from, prior = None, 0
+    if init_dir is not None:
+        init_from = Path(init_dir) / f"{spec.name}.safetensors"
+        from safetensors import safe_open
+
+        with safe_open(str(init_from), "pt") as f:
+            prior = int(f.metadata().get("ss_max_train_steps", 0))
+    net, losses, info = train_lora(pipe, spec, steps=steps, progress=progress, log=log, init_from=init_from,
+                                   lr=lr, prior_steps=prior)
     path = Path(out_dir) / f"{spec.name}.safetensors"
     save_lora_file(net, network_metadata(spec, info), path)
     write_sidecar(spec, path.with_suffix(".json"))

@@ -28,7 +28,7 @@ from . import world
 from .models import DEMO, TOKENIZER_DIR, DemoConfig, build_scheduler, build_text_encoder, build_tokenizer, build_unet, build_vae
 
 CKPT_NAME = "ckpt.pt"
-STAGE_VAE, STAGE_UNET, STAGE_DONE = "vae", "unet", "done"
+STAGE_VAE, STAGE_UNET, STAGE_VAE_GENERAL, STAGE_DONE = "vae", "unet", "vae_general", "done"
 
 
 @dataclass
@@ -40,6 +40,8 @@ class TrainConfig:
     vae_steps: int = 900
     vae_batch: int = 16
     vae_lr: float = 1e-3
+    vae_general_steps: int = 150
+    vae_general_lr: float = 5e-4
     unet_steps: int = 4000
     unet_batch: int = 32
     unet_lr: float = 1e-3
@@ -121,7 +123,8 @@ class DemoTrainer:
         self.stage = STAGE_VAE
         self.step = 0
         self.scaling_factor = 1.0
-        self.losses: dict[str, list[float]] = {STAGE_VAE: [], STAGE_UNET: []}
+        self.losses: dict[str, list[float]] = {STAGE_VAE: [], STAGE_UNET: [], STAGE_VAE_GENERAL: []}
+        self.vae_anchor = None  # frozen stage-1 VAE, set when the generalisation stage starts
         self._token_cache: dict[str, torch.Tensor] = {}
         self._pool: torch.Tensor | None = None
         self._pool_scenes: list[world.Scene] | None = None
@@ -141,6 +144,9 @@ class DemoTrainer:
             "text_encoder": self.text_encoder.state_dict(), "ema_unet": self.ema_unet.state_dict(),
             "ema_te": self.ema_te.state_dict(), "vae_opt": self.vae_opt.state_dict(),
             "unet_opt": self.unet_opt.state_dict(),
+            "vae_anchor": self.vae_anchor.state_dict() if self.vae_anchor is not None else None,
+            "vae_general_opt": (self.vae_general_opt.state_dict()
+                                if getattr(self, "vae_general_opt", None) is not None else None),
         }
 
     def save(self) -> None:
@@ -160,6 +166,13 @@ class DemoTrainer:
         self.ema_te.load_state_dict(sd["ema_te"])
         self.vae_opt.load_state_dict(sd["vae_opt"])
         self.unet_opt.load_state_dict(sd["unet_opt"])
+        self.losses.setdefault(STAGE_VAE_GENERAL, [])
+        if sd.get("vae_anchor") is not None:
+            self.vae_anchor = build_vae(self.cfg.model).requires_grad_(False).eval()
+            self.vae_anchor.load_state_dict(sd["vae_anchor"])
+            self.vae_general_opt = torch.optim.AdamW(self.vae.parameters(), lr=self.cfg.vae_general_lr)
+            if sd.get("vae_general_opt") is not None:
+                self.vae_general_opt.load_state_dict(sd["vae_general_opt"])
         return True
 
     # --- stage 1: VAE ----------------------------------------------------------------------------
@@ -189,6 +202,51 @@ class DemoTrainer:
         self.vae.eval()
         z = torch.cat([self.vae.encode(to_unit_range(images[i:i + 64])).latent_dist.mean for i in range(0, 256, 64)])
         return float(1.0 / z.std())
+
+    # --- stage 3: VAE generalisation ---------------------------------------------------------------
+    def vae_general_step(self, step: int) -> float:
+        """Teach the VAE colours and textures outside the palette (what the demo LoRAs paint) while
+        anchoring it to the stage-1 VAE on world images: the encoder must keep giving the latents the
+        UNet was trained on, and the decoder must keep decoding those latents to the same images."""
+        from .lora_train import style_dark, style_outline, style_pastel, style_stripes
+
+        cfg = self.cfg
+        if self.vae_anchor is None:
+            self.vae_anchor = copy.deepcopy(self.vae).requires_grad_(False).eval()
+            self.vae_general_opt = None
+        if getattr(self, "vae_general_opt", None) is None:
+            self.vae_general_opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.vae_general_lr)
+        rng = stage_rng(cfg.seed, 4, step)
+        n = cfg.vae_batch
+        size = cfg.model.image_size
+        world_imgs, _, _ = world.render_batch(rng, n, size)
+        k = n // 4
+        styled = [style_dark(world_imgs[:k]), style_pastel(world_imgs[k:2 * k]),
+                  style_stripes(world_imgs[2 * k:3 * k]), style_outline(world_imgs[3 * k:])]
+        # random-colour scenes: palette colours scaled by a random brightness and tint
+        gains = rng.uniform(0.15, 1.0, size=(n, 1, 1, 3))
+        offset = rng.uniform(0, 110, size=(n, 1, 1, 1)) * (rng.random((n, 1, 1, 1)) < 0.5)
+        recoloured = np.clip(world_imgs * gains + offset, 0, 255).astype(np.uint8)
+        mixed = to_unit_range(np.concatenate(styled + [recoloured]))
+        x_world = to_unit_range(world_imgs)
+        torch.manual_seed(cfg.seed * 1000 + step)
+        self.vae.train()
+        rec = self.vae.decode(self.vae.encode(mixed).latent_dist.mean).sample
+        with torch.no_grad():
+            anchor_z = self.vae_anchor.encode(x_world).latent_dist.mean
+        new_z = self.vae.encode(x_world).latent_dist.mean
+        rec_world = self.vae.decode(anchor_z).sample
+        latent_var = anchor_z.var().clamp_min(1e-6)
+        loss = (F.mse_loss(rec, mixed) + 0.5 * F.l1_loss(rec, mixed)
+                + F.mse_loss(rec_world, x_world) + 0.5 * F.l1_loss(rec_world, x_world)
+                + 10.0 * F.mse_loss(new_z, anchor_z) / latent_var)
+        for g in self.vae_general_opt.param_groups:
+            g["lr"] = cfg.vae_general_lr * lr_factor(step, cfg.vae_general_steps, min(cfg.warmup, 20))
+        self.vae_general_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+        self.vae_general_opt.step()
+        return loss.item()
 
     # --- stage 2: UNet + text encoder ------------------------------------------------------------
     @torch.no_grad()
@@ -260,7 +318,8 @@ class DemoTrainer:
         done_here = 0
         cfg = self.cfg
         for stage, total, fn in ((STAGE_VAE, cfg.vae_steps, self.vae_step),
-                                 (STAGE_UNET, cfg.unet_steps, self.unet_step)):
+                                 (STAGE_UNET, cfg.unet_steps, self.unet_step),
+                                 (STAGE_VAE_GENERAL, cfg.vae_general_steps, self.vae_general_step)):
             if self.stage != stage:
                 continue
             bar = tqdm(total=total, initial=self.step, desc=f"train {stage}", disable=not self.progress)
@@ -291,9 +350,12 @@ class DemoTrainer:
             self.scaling_factor = self.fit_scaling_factor()
             log(self.work_dir, f"vae done; scaling factor {self.scaling_factor:.4f}")
             self.stage, self.step = STAGE_UNET, 0
+        elif stage == STAGE_UNET:
+            self.stage, self.step = STAGE_VAE_GENERAL, 0
+            log(self.work_dir, "unet done")
         else:
             self.stage = STAGE_DONE
-            log(self.work_dir, "unet done")
+            log(self.work_dir, "vae generalisation done")
 
     # --- pipelines and samples -------------------------------------------------------------------
     def pipeline(self, ema: bool = True):

@@ -11,7 +11,8 @@ from lora_ui.demo.models import TINY
 from lora_ui.demo.train import CKPT_NAME, STAGE_DONE, STAGE_UNET, DemoTrainer, TrainConfig, save_pipeline, train
 
 CFG = TrainConfig(model=TINY, vae_steps=40, vae_batch=8, vae_lr=3e-3, unet_steps=40, unet_batch=8,
-                  latent_pool=128, ckpt_every=10, sample_every=1000, warmup=5)
+                  latent_pool=128, ckpt_every=10, sample_every=1000, warmup=5,
+                  vae_general_steps=6)
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +23,10 @@ def trained(tmp_path_factory):
     return trainer, work, out
 
 
-def test_both_stages_ran_and_the_loss_fell(trained):
+def test_every_stage_ran_and_the_loss_fell(trained):
     trainer, _, _ = trained
     assert trainer.stage == STAGE_DONE
+    assert len(trainer.losses["vae_general"]) == CFG.vae_general_steps
     vae, unet = trainer.losses["vae"], trainer.losses["unet"]
     assert len(vae) == CFG.vae_steps and len(unet) == CFG.unet_steps
     assert np.mean(vae[-8:]) < 0.85 * np.mean(vae[:8])
