@@ -90,6 +90,7 @@ class WorkerSession:
     job_id: str
     _worker: "Worker" = field(repr=False)
     _iterations_started: int = 0
+    _skipped_iteration: bool = False
 
     @property
     def interrupted(self) -> bool:
@@ -134,11 +135,15 @@ class WorkerSession:
                                           textinfo=f"txt2img: image {n + 1} of {max(1, req.batch_count)}")
             self._iterations_started += 1
             self._worker._clear_skip(self.job_id)
+            self._skipped_iteration = False
             iteration = replace(req, seed=seed + n * req.batch_size, batch_count=1)
-            results.append(self._worker._generate(
+            result = self._worker._generate(
                 self.model, iteration, library=self.library, loras=self.loras,
                 on_step=self._on_step, outputs_dir=self.outputs_dir,
-            ))
+            )
+            if self._skipped_iteration and not self.interrupted and hasattr(result, "interrupted"):
+                result = replace(result, interrupted=False)  # skipped, not interrupted: the job goes on
+            results.append(result)
         return _merge_results(results, warnings)
 
     def switch_model(self, ref: str | None) -> "LoadedModel":
@@ -157,6 +162,7 @@ class WorkerSession:
         if self._worker._is_interrupted(self.job_id):
             raise GenerationInterrupted("interrupted")
         if self._worker._is_skipped(self.job_id):
+            self._skipped_iteration = True
             raise GenerationInterrupted("skipped")
 
 

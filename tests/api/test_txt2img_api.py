@@ -204,6 +204,7 @@ def test_skip_cuts_the_current_image_and_goes_on_with_the_next(api_env, client):
     poller.join(10)
     data = out["response"].json()
     assert info_of(data)["all_seeds"] == [300, 301] and len(data["images"]) == 2
+    assert info_of(data)["interrupted"] is False
     assert not np.array_equal(pixels(data["images"][0]), clean[0]), "the skipped image was not cut short"
     assert np.array_equal(pixels(data["images"][1]), clean[1]), "the image after the skip must be complete"
     assert any(s["state"]["job_no"] == 1 for s in seen)

@@ -231,6 +231,7 @@ def test_skip_ends_only_the_current_iteration(parts):
     result = fut.result(10)
     assert result.seeds == [10, 11, 12]
     assert gen.steps_done == [2, 5, 5]
+    assert result.interrupted is False  # a skip is not an interrupt
 
 
 def test_progress_reports_steps_preview_and_goes_idle(parts):
