@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +46,7 @@ def take(url: str, out: Path, steps: int) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=60_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
@@ -59,6 +61,7 @@ def take(url: str, out: Path, steps: int) -> None:
             cards.first.click()
             expect(page.locator("#active_lora_0_weight")).to_be_visible()
             set_number(page, "active_lora_0_weight", 0.75)
+            expect(page.locator("#txt2img_prompt textarea")).to_have_value(re.compile(r":0\.75>"))
         set_number(page, "txt2img_steps", steps)
         page.locator("#txt2img_seed input").fill("1234")
         page.locator("#txt2img_generate").click()
@@ -77,13 +80,16 @@ def take(url: str, out: Path, steps: int) -> None:
             page.locator("#txt2img_send_to_compare").click()
         else:
             page.get_by_role("tab", name="Compare").click()
+        expect(page.get_by_role("tab", name="Compare")).to_have_attribute("aria-selected", "true")
+        page.wait_for_selector("#compare_generate, #tab_compare .prose", state="attached")
         if page.locator("#compare_generate").count():
-            page.wait_for_timeout(500)
+            expect(page.locator("#compare_prompt textarea")).not_to_have_value("")
             if page.locator("#compare_steps").count():
                 set_number(page, "compare_steps", steps)
+                expect(page.locator("#compare_steps input[type=number]").first).to_have_value(str(steps))
             page.locator("#compare_generate").click()
-            expect(page.locator("#compare_numbers")).to_contain_text("Mean absolute difference",
-                                                                     timeout=RENDER_TIMEOUT_MS)
+            expect(page.locator("#compare_slider img")).to_have_count(2, timeout=RENDER_TIMEOUT_MS)
+            expect(page.locator("#compare_heatmap img").first).to_be_visible(timeout=RENDER_TIMEOUT_MS)
         shoot(page, out, "compare")
 
         # PNG Info: the image rendered above, dropped in as a user would

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import gradio as gr
@@ -229,17 +230,20 @@ def build_active_loras(ctx: Any, prompt: gr.Textbox) -> ActiveLoras:
 
     prompt.change(handlers.rows, inputs=[prompt, disabled], outputs=active.outputs(), show_progress="hidden")
     disabled.change(handlers.rows, inputs=[prompt, disabled], outputs=active.outputs(), show_progress="hidden")
-    for row in rows:
-        widgets = [prompt, row.name, row.weight, row.split, row.unet, row.lbw]
-        row.weight.release(handlers.rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
-        row.unet.release(handlers.rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
-        row.split.input(handlers.rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
+    # Handlers find their LoRA by the row's position among the prompt's tags (rows are built in that
+    # order), read from the prompt the event carries: no dependence on when a per-row state arrived.
+    for i, row in enumerate(rows):
+        widgets = [prompt, disabled, row.weight, row.split, row.unet, row.lbw]
+        rewrite = partial(handlers.rewrite_at, i)
+        row.weight.release(rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
+        row.unet.release(rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
+        row.split.input(rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
         row.split.input(lambda on: gr.update(visible=on), inputs=[row.split], outputs=[row.unet],
                         show_progress="hidden")
-        row.lbw.input(handlers.rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
-        row.enabled.input(handlers.toggle, inputs=[prompt, disabled, row.name, row.enabled],
+        row.lbw.input(rewrite, inputs=widgets, outputs=[prompt], show_progress="hidden")
+        row.enabled.input(partial(handlers.toggle_at, i), inputs=[prompt, disabled, row.enabled],
                           outputs=[prompt, disabled], show_progress="hidden")
-        row.remove.click(handlers.remove, inputs=[prompt, disabled, row.name], outputs=[prompt, disabled],
+        row.remove.click(partial(handlers.remove_at, i), inputs=[prompt, disabled], outputs=[prompt, disabled],
                          show_progress="hidden")
     return active
 
@@ -253,6 +257,22 @@ class ActiveLoraHandlers:
     def rows(self, prompt: str, disabled: dict[str, str]) -> list:
         resolve = lambda name: core.find_entry(self.ctx, name)  # noqa: E731
         return row_updates(rows_for_prompt(prompt, disabled, resolve, core.current_arch(self.ctx)))
+
+    @staticmethod
+    def name_at(prompt: str, disabled: dict[str, str], index: int) -> str:
+        """The LoRA shown in pool row `index` for this prompt ("" when the row is empty)."""
+        rows = rows_for_prompt(prompt, disabled, lambda name: None, "unknown")
+        return rows[index].name if 0 <= index < len(rows) else ""
+
+    def rewrite_at(self, index: int, prompt: str, disabled: dict[str, str], te: Any, split: bool, unet: Any,
+                   lbw: str | None) -> str:
+        return self.rewrite(prompt, self.name_at(prompt, disabled, index), te, split, unet, lbw)
+
+    def toggle_at(self, index: int, prompt: str, disabled: dict[str, str], enabled: bool):
+        return self.toggle(prompt, disabled, self.name_at(prompt, disabled, index), enabled)
+
+    def remove_at(self, index: int, prompt: str, disabled: dict[str, str]):
+        return self.remove(prompt, disabled, self.name_at(prompt, disabled, index))
 
     def rewrite(self, prompt: str, name: str, te: Any, split: bool, unet: Any, lbw: str | None) -> str:
         if not name:

@@ -115,3 +115,16 @@ def test_rows_beyond_the_pool_are_not_shown_but_do_not_fail(ctx):
 def test_block_weight_presets_offer_none_and_the_usual_names():
     presets = al.lbw_presets()
     assert presets[0] == al.NO_PRESET and {"INALL", "MIDD", "OUTALL"} <= set(presets)
+
+
+def test_row_handlers_find_their_lora_by_position_in_the_prompt(ctx):
+    h = al.ActiveLoraHandlers(ctx)
+    prompt = "a <lora:style:0.3> b <lora:loha_thing:1>"
+    assert h.rewrite_at(1, prompt, {}, 0.45, False, 1, None) == "a <lora:style:0.3> b <lora:loha_thing:0.45>"
+    new_prompt, disabled = h.toggle_at(0, prompt, {}, False)
+    assert new_prompt == "a b <lora:loha_thing:1>" and disabled == {"style": "<lora:style:0.3>"}
+    # the disabled row comes after the prompt's tags: row 1 is now 'style'
+    assert h.name_at(new_prompt, disabled, 1) == "style"
+    assert h.toggle_at(1, new_prompt, disabled, True) == ("a b <lora:loha_thing:1> <lora:style:0.3>", {})
+    assert h.remove_at(0, prompt, {}) == ("a b <lora:loha_thing:1>", {})
+    assert h.rewrite_at(5, prompt, {}, 0.1, False, 1, None) == prompt  # an empty row changes nothing
