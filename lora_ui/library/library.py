@@ -277,7 +277,8 @@ class LoraLibrary:
         self.dirs: list[Path] = [Path(d) for d in dirs]
         self.cache_dir: Path | None = Path(cache_dir) if cache_dir is not None else None
         self.allow_pickle = allow_pickle
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()          # guards the lookup tables, entries and cache records
+        self._refresh_lock = threading.Lock()   # one refresh at a time
         self._entries: list[LoraEntry] = []
         self._by_path: dict[str, LoraEntry] = {}
         self._records: dict[str, dict[str, Any]] | None = None  # disk cache, loaded on first refresh
@@ -303,9 +304,14 @@ class LoraLibrary:
         re-read only when they changed. Bad files become `broken` entries; the scan always finishes."""
         started = time.perf_counter()
         report = RefreshReport()
-        with self._lock:
-            if self._records is None:
-                self._records = self._load_cache(report)
+        # One refresh at a time; readers (resolve, entries, specs_for) are only blocked for the final swap,
+        # not for the scan, so generation goes on while a big folder is read.
+        with self._refresh_lock:
+            with self._lock:
+                if self._records is None:
+                    self._records = self._load_cache(report)
+                old_records = dict(self._records)
+                old_by_path = dict(self._by_path)
             # phase 1: list folders; note which files are new or changed (size or mtime differ)
             found: list[tuple[int, Path, str, str, os.stat_result, dict, dict[str, str]]] = []
             listed: set[str] = set()
@@ -324,34 +330,36 @@ class LoraLibrary:
                             continue
                         listed.add(path_str)
                         found.append((dir_index, root, folder, name, stat, files, names_lower))
-                        record = self._records.get(path_str)
+                        record = old_records.get(path_str)
                         if record is None or record.get("sig") != _sig(stat) or "summary" not in record:
                             to_read.append((path_str, name, _sig(stat)))
             # phase 2: read the headers of new/changed files (in worker processes when there are many)
             fresh = self._read_files(to_read, report)
             # phase 3: entries, reusing unchanged ones
+            new_records: dict[str, dict[str, Any]] = {}
             seen: dict[str, LoraEntry] = {}
             order: list[tuple[tuple, LoraEntry]] = []
             for dir_index, root, folder, name, stat, files, names_lower in found:
                 path_str = os.path.join(folder, name)
-                entry = self._entry_for(root, folder, name, stat, files, names_lower, fresh.get(path_str), report)
+                entry, record = self._entry_for(root, folder, name, stat, files, names_lower, fresh.get(path_str),
+                                                old_records.get(path_str), old_by_path.get(path_str), report)
+                new_records[path_str] = record
                 seen[path_str] = entry
                 depth = entry.rel_path.count("/")
                 pickle_last = 0 if entry.is_safetensors else 1
                 order.append(((dir_index, depth, entry.rel_name.casefold(), pickle_last, entry.rel_path), entry))
-            removed = [p for p in self._by_path if p not in seen]
-            report.removed = len(removed)
-            for path_str in list(self._records):
-                if path_str not in seen:
-                    del self._records[path_str]
-                    self._cache_dirty = True
+            report.removed = sum(1 for p in old_by_path if p not in seen)
             order.sort(key=lambda item: item[0])
-            self._entries = [entry for _, entry in order]
-            self._by_path = seen
-            self._build_names(report)
-            report.total = len(self._entries)
-            report.broken = [f"{e.rel_path}: {e.error}" for e in self._entries if e.broken]
-            self._save_cache_if_dirty(report)
+            with self._lock:
+                if fresh or set(new_records) != set(self._records):
+                    self._cache_dirty = True
+                self._records = new_records
+                self._entries = [entry for _, entry in order]
+                self._by_path = seen
+                self._build_names(report)
+                report.total = len(self._entries)
+                report.broken = [f"{e.rel_path}: {e.error}" for e in self._entries if e.broken]
+                self._save_cache_if_dirty(report)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -506,11 +514,12 @@ class LoraLibrary:
 
     def _entry_for(self, root: Path, folder: str, name: str, stat: os.stat_result,
                    files: dict[str, os.stat_result | None], names_lower: dict[str, str],
-                   fresh_record: dict[str, Any] | None, report: RefreshReport) -> LoraEntry:
+                   fresh_record: dict[str, Any] | None, record: dict[str, Any] | None,
+                   previous: LoraEntry | None, report: RefreshReport) -> tuple[LoraEntry, dict[str, Any]]:
+        """The entry for one listed file and its cache record: the previous entry object when the file is
+        unchanged (hashes and lazily read metadata carry over), else a new one from `fresh_record`."""
         path_str = os.path.join(folder, name)
         sig = _sig(stat)
-        record = self._records.get(path_str)
-        previous = self._by_path.get(path_str)
         if fresh_record is None:
             report.unchanged += 1
             if previous is not None and (previous.size, previous.mtime_ns) != tuple(sig):
@@ -522,8 +531,6 @@ class LoraLibrary:
                 report.changed += 1
             previous = None
             record = fresh_record
-            self._records[path_str] = record
-            self._cache_dirty = True
 
         root_str = str(root)
         if path_str.startswith(root_str + os.sep):  # the usual case; relpath is slow for thousands of files
@@ -554,7 +561,7 @@ class LoraLibrary:
             entry._on_hashed = self._remember_hashes
         entry.unsafe = bool(record.get("pickle", False)) and not self.allow_pickle
         self._apply_sidecars(entry, record, folder, stem, files, names_lower, report)
-        return entry
+        return entry, record
 
     def _read_files(self, to_read: list[tuple[str, str, list[int]]], report: RefreshReport) -> dict[str, dict[str, Any]]:
         """Fresh cache records for new/changed files. Many files: a pool of worker processes (header
@@ -746,7 +753,9 @@ class LoraLibrary:
                               separators=(",", ":"))
             sidecars.atomic_write_text(path, text)
             self._cache_dirty = False
-        except (OSError, TypeError, ValueError) as exc:
+        except (OSError, TypeError, ValueError, RuntimeError) as exc:
+            # RuntimeError: a record changed while being written out (a refresh or hashing thread);
+            # the cache stays dirty and is written next time
             if report is not None:
                 report.warnings.append(f"library cache {path} could not be written ({exc})")
 

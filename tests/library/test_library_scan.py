@@ -580,3 +580,29 @@ def test_undecodable_file_names_survive_the_cache(tmp_path):
     assert report.warnings == [] and len(library.entries) == 1
     second, report = refreshed(root, tmp_path / "cache")
     assert report.headers_read == 0 and second.entries[0].name == os.fsdecode(b"caf\xe9")
+
+
+def test_lookups_are_not_blocked_while_a_refresh_reads_headers(lora_dir, monkeypatch):
+    library, _ = refreshed(lora_dir)
+    make_lora(lora_dir / "slow_new.safetensors")
+    reading, release = threading.Event(), threading.Event()
+    real_read = library_module.read_file_record
+
+    def slow_read(job):
+        reading.set()
+        assert release.wait(30)
+        return real_read(job)
+
+    monkeypatch.setattr(library_module, "read_file_record", slow_read)
+    thread = threading.Thread(target=library.refresh)
+    thread.start()
+    try:
+        assert reading.wait(30)
+        # the refresh is in the middle of reading: lookups still answer from the previous scan
+        assert library.resolve("plain").name == "plain"
+        assert library.resolve("slow_new") is None
+        assert len(library.entries) == 3
+    finally:
+        release.set()
+        thread.join(30)
+    assert library.resolve("slow_new").name == "slow_new"
