@@ -180,9 +180,6 @@ def parse_lora(path: Path, keymap: KeyMap, *, allow_pickle: bool = False,
     if not tensors:
         raise _error(path, "the file holds no tensors")
 
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise _error(path, "tensors contain NaN or Inf values (a broken training run or a damaged file)", bad)
 
     file_arch = guess_file_arch(tensors.keys(), metadata)
     if file_arch is not None and file_arch != keymap.arch:
@@ -190,6 +187,11 @@ def parse_lora(path: Path, keymap: KeyMap, *, allow_pickle: bool = False,
                            f"{_ARCH_NAMES[keymap.arch]}; pick a LoRA made for this model")
 
     embeddings = _parse_embeddings(path, tensors)
+    nan_reason = "tensors contain NaN or Inf values (a broken training run or a damaged file)"
+    bad = [f"bundle_emb.{name}" for name, vecs in embeddings.items() for t in vecs.values()
+           if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise _error(path, nan_reason, bad)
     groups: dict[str, tuple[Target, dict[str, Tensor], list[str]]] = {}
     unmatched: list[str] = []
     for key, t in tensors.items():
@@ -221,8 +223,10 @@ def parse_lora(path: Path, keymap: KeyMap, *, allow_pickle: bool = False,
             unmatched += keys
             continue
         try:
-            module = load_network_module(parts, target.module)
+            module = load_network_module(parts, target.module)  # checks shapes and NaN/Inf
         except LoraError as e:  # the type's own message names the parts and shapes
+            if not all(bool(torch.isfinite(t).all()) for t in parts.values() if t.is_floating_point()):
+                raise _error(path, nan_reason, keys) from None
             shape_errors += keys
             shape_reason = shape_reason or f"{target.id}: {e}"
             continue
