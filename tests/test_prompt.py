@@ -171,7 +171,7 @@ def test_replace_tag_name_keeps_the_weights():
 tag_alphabet = string.ascii_letters + string.digits + " .:=,-<>_()\n\t\"'ñ漢"
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.text(alphabet=tag_alphabet, max_size=80))
 def test_fuzz_extract_never_raises_and_spans_are_consistent(prompt):
     text, tags, warnings = extract_lora_tags(prompt)
@@ -192,7 +192,7 @@ def test_removal_is_one_pass_like_a1111():
     assert [t.name for t in tags] == ["a"] and text == "<lora:b>"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=tag_alphabet, max_size=40))
 def test_fuzz_parse_lora_tag_raises_only_its_own_error(args):
     try:
@@ -218,4 +218,5 @@ def test_fuzz_add_set_remove(base, name, weight):
     assert [(t.name, t.te) for t in tags] == [(name, float(format_weight(weight)))]
     removed = remove_lora(prompt, name)
     assert extract_lora_tags(removed)[1] == []
-    assert removed == base or (removed == base.rstrip() and base[-1:].isspace())
+    # the prompt comes back, less at most the one space that joined the tag when base ended in one
+    assert removed == base or (base[-1:].isspace() and removed == base[:-1])

@@ -92,7 +92,7 @@ def test_truncated_copy_of_a_real_file_is_rejected_at_every_length(tmp_path):
             read_header(cut)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.binary(max_size=64), st.binary(max_size=200))
 def test_fuzz_random_bytes_only_raise_header_error(prefix, body):
     try:
@@ -105,11 +105,11 @@ def test_fuzz_random_bytes_only_raise_header_error(prefix, body):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
-    max_leaves=12,
+    max_leaves=5,
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(st.sampled_from(["__metadata__", "t", "u.lora_up.weight", "x"]),
                        json_values | st.fixed_dictionaries({"dtype": st.sampled_from(["F16", "F32", "Q"]),
                                                             "shape": st.lists(st.integers(-2, 5), max_size=3),
