@@ -65,7 +65,7 @@ class ServerThread:
                                                     lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.time() + 30
+        deadline = time.time() + 120
         while not self.server.started:
             if time.time() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the test API server did not start")
@@ -90,7 +90,7 @@ class ApiEnv:
     render_calls: list
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120, **kwargs)
+        return httpx.Client(base_url=self.url, timeout=600, **kwargs)
 
 
 @pytest.fixture(scope="session")
