@@ -112,6 +112,9 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     kind: str = "folder"           # "folder" | "single_file" | "builtin"
+    # the checkpoint's own scheduler config: every request's sampler is built from it, so one request's
+    # schedule options (e.g. SGM Uniform's timestep spacing) never leak into the next
+    scheduler_config: dict | None = field(default=None, repr=False)
     _short_hash: str | None = field(default=None, repr=False)
 
     @property
@@ -301,7 +304,8 @@ def _finish(pipe, *, arch, name, path, choice, kind) -> LoadedModel:
         if module is not None:
             module.eval()
     return LoadedModel(pipe=pipe, arch=arch, name=name, path=path, default_size=_default_size(pipe),
-                       dtype=choice.dtype, device=choice.device, kind=kind)
+                       dtype=choice.dtype, device=choice.device, kind=kind,
+                       scheduler_config=dict(pipe.scheduler.config))
 
 
 def load_folder(path: Path, choice: devices.DeviceChoice) -> LoadedModel:

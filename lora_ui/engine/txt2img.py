@@ -275,7 +275,8 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     for iteration in range(int(req.batch_count)):
         seeds = [base_seed + iteration * req.batch_size + i for i in range(int(req.batch_size))]
         noise, generators = initial_noise(seeds, latent_shape)
-        pipe.scheduler = samplers.make_scheduler(pipe.scheduler.config, req.sampler, req.scheduler, seed=seeds[0])
+        base_config = getattr(model, "scheduler_config", None) or pipe.scheduler.config
+        pipe.scheduler = samplers.make_scheduler(base_config, req.sampler, req.scheduler, seed=seeds[0])
         stopped = {"flag": False}
 
         def step_end(p, i, t, kwargs, _stopped=stopped):

@@ -84,3 +84,11 @@ def test_samplers_give_different_images(renders):
 def test_stochastic_samplers_are_reproducible_from_the_seed(sd1_model, renders, name):
     r = generate(sd1_model, Txt2ImgRequest(prompt="a cat", sampler=name, steps=3, seed=11, save_images=False))
     assert np.array_equal(np.asarray(r.images[0], dtype=np.int16), renders[name][0])
+
+
+def test_a_requests_schedule_does_not_leak_into_the_next(sd1_model, renders):
+    generate(sd1_model, Txt2ImgRequest(prompt="a cat", sampler="Euler", scheduler="SGM Uniform", steps=3, seed=11,
+                                       save_images=False))
+    r = generate(sd1_model, Txt2ImgRequest(prompt="a cat", sampler="Euler", steps=3, seed=11, save_images=False))
+    assert sd1_model.pipe.scheduler.config.timestep_spacing == "leading"
+    assert np.array_equal(np.asarray(r.images[0], dtype=np.int16), renders["Euler"][0])
