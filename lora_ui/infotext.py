@@ -298,8 +298,7 @@ def read_infotext(image_or_path: Any) -> str | None:
         try:
             exif = image.getexif()
             comment = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
-        except Exception as exc:  # Pillow raises many types on corrupt EXIF; a bad block is "no infotext"
-            del exc
+        except Exception:  # Pillow raises many types on a corrupt EXIF block: treat it as "no infotext"
             comment = None
         decoded = decode_user_comment(comment)
         if decoded:

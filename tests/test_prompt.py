@@ -207,7 +207,7 @@ names = st.text(alphabet=string.ascii_letters + string.digits + " _-.", min_size
     lambda s: s.strip() == s and s)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(alphabet=string.ascii_letters + " ,", max_size=30), names,
        st.floats(min_value=-4, max_value=4, allow_nan=False).map(lambda w: round(w, 2)))
 def test_fuzz_add_set_remove(base, name, weight):
