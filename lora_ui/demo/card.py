@@ -77,7 +77,7 @@ world's own classifier (nearest palette colour of shape and border; shape by bou
 - all three right: {b["all"]:.0%}
 {dark}
 ## Demo LoRAs (`models/Lora/demo/`, `python -m lora_ui.demo train-loras`)
-| name | type | activation text | mean abs pixel change at weight 0 / 0.5 / 1 | style |
+| name | type | activation text | mean abs pixel change vs weight 0 (same prompt) at 0 / 0.5 / 1 | style |
 |---|---|---|---|---|
 {chr(10).join(lora_rows)}
 

@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train_loras(args)
         from .evaluate import main as evaluate_main
 
-        evaluate_main(args.model, args.loras, args.json or args.model / "evaluation.json")
+        from .card import write_model_card
+
+        result = evaluate_main(args.model, args.loras, args.json or args.model / "evaluation.json")
+        print(f"model card: {write_model_card(args.model, result)}")
     return 0
 
 

@@ -95,13 +95,20 @@ def evaluate(model_dir: Path, lora_dir: Path | None, seeds: tuple[int, ...] = SE
                 continue
             net = lora_net(pipe, name, path)
             p = [f"{spec.activation_text}, {q}" if spec.activation_text else q for q in prompts]
-            entry = {"brightness": {}, "mean_abs_change": {}}
+            entry = {"brightness": {}, "mean_abs_change": {}}  # change: against weight 0, same prompt
             with net:
                 for w in weights:
                     net.set_multiplier(w)
-                    imgs = base if (w == 0 and not spec.activation_text) else render_prompts(pipe, p, seeds)
+                    # demo-dark over every seed (its numbers have targets); the styles over the first
+                    seeds_here = seeds if name == "demo-dark" else seeds[:1]
+                    if w == 0 and not spec.activation_text:
+                        imgs = base[: len(seeds_here) * len(prompts)]
+                    else:
+                        imgs = render_prompts(pipe, p, seeds_here)
+                    if w == weights[0]:
+                        ref = imgs  # same prompt at the lowest weight
                     entry["brightness"][str(w)] = float(imgs.mean())
-                    entry["mean_abs_change"][str(w)] = float(np.abs(imgs.astype(np.float32) - base).mean())
+                    entry["mean_abs_change"][str(w)] = float(np.abs(imgs.astype(np.float32) - ref).mean())
             result["loras"][name] = entry
     dark = result["loras"].get("demo-dark")
     if dark:

@@ -101,8 +101,8 @@ DEMO_LORAS: dict[str, DemoLora] = {
         "demo-dark", "lora", style_dark,
         "Darkens the whole image (an homage to LowRA). Plain kohya LoRA on attention, resnet convs and "
         "the text encoder. Negative weights brighten.",
-        rank=8, alpha=4.0, conv_rank=4, conv_alpha=2.0, unet_convs=True, text_encoder=True, steps=300,
-        lr=3e-3, high_noise_bias=2.0, preferred_weight=1.0),
+        rank=8, alpha=8.0, conv_rank=4, conv_alpha=4.0, unet_convs=True, text_encoder=True, steps=500,
+        lr=4e-3, high_noise_bias=2.0, preferred_weight=1.0),
     "demo-stripes": DemoLora(
         "demo-stripes", "locon", style_stripes,
         "Dark horizontal stripes across the image. LyCORIS LoCon (3x3 conv down, 1x1 up on resnet convs).",
@@ -111,11 +111,11 @@ DEMO_LORAS: dict[str, DemoLora] = {
     "demo-outline": DemoLora(
         "demo-outline", "loha", style_outline,
         "A thick ink outline around the shape. LyCORIS LoHa on the attention layers.",
-        activation_text="outlined", rank=4, alpha=2.0, steps=250, lr=3e-3, preferred_weight=1.0),
+        activation_text="outlined", rank=4, alpha=4.0, steps=400, lr=6e-3, preferred_weight=1.0),
     "demo-pastel": DemoLora(
         "demo-pastel", "lokr", style_pastel,
         "Soft pastel colours (washed towards white). LyCORIS LoKr on the attention layers.",
-        activation_text="pastel", rank=4, alpha=4.0, steps=250, lr=3e-3, high_noise_bias=1.5,
+        activation_text="pastel", rank=4, alpha=4.0, steps=400, lr=5e-3, high_noise_bias=1.5,
         preferred_weight=1.0),
 }
 

@@ -68,24 +68,30 @@ def test_export_is_a_diffusers_folder_in_fp16(trained):
     assert img.shape == (32, 32, 3) and np.isfinite(img).all()
 
 
-def test_interrupted_run_resumes_from_its_checkpoint_and_matches(tmp_path, trained):
-    """Stop mid-way through each stage, start a new trainer: it continues from the saved step and
-    ends with exactly the weights of the uninterrupted run."""
-    full, _, _ = trained
+def test_interrupted_run_resumes_from_its_checkpoint_and_matches(tmp_path):
+    """Stop inside each stage, start a new trainer each time: it continues from the saved step and
+    ends with exactly the weights of an uninterrupted run."""
+    cfg = replace(CFG, vae_steps=6, unet_steps=6, vae_general_steps=4, latent_pool=16, ckpt_every=2)
+    full = DemoTrainer(cfg, tmp_path / "full", progress=False)
+    full.run()
     work = tmp_path / "w"
-    first = DemoTrainer(CFG, work, progress=False)
-    first.run(stop_after=25)  # inside the VAE stage
+    DemoTrainer(cfg, work, progress=False).run(stop_after=3)  # inside the VAE stage
     assert (work / CKPT_NAME).exists()
-    second = DemoTrainer(CFG, work, progress=False)
-    assert second.load() and second.stage == "vae" and second.step == 25
-    second.run(stop_after=CFG.vae_steps - 25 + 13)  # finishes the VAE, 13 UNet steps
-    third = DemoTrainer(CFG, work, progress=False)
-    assert third.load() and third.stage == STAGE_UNET and third.step == 13
-    third.run()
-    assert third.stage == STAGE_DONE
-    assert third.losses["unet"] == pytest.approx(full.losses["unet"], rel=1e-5)
-    for k, v in third.ema_unet.state_dict().items():
-        torch.testing.assert_close(v, full.ema_unet.state_dict()[k], rtol=1e-5, atol=1e-6)
+    second = DemoTrainer(cfg, work, progress=False)
+    assert second.load() and second.stage == "vae" and second.step == 3
+    second.run(stop_after=3 + 4)  # finishes the VAE, 4 UNet steps
+    third = DemoTrainer(cfg, work, progress=False)
+    assert third.load() and third.stage == STAGE_UNET and third.step == 4
+    third.run(stop_after=2 + 1)  # finishes the UNet, 1 generalisation step
+    fourth = DemoTrainer(cfg, work, progress=False)
+    assert fourth.load() and fourth.stage == "vae_general" and fourth.step == 1
+    fourth.run()
+    assert fourth.stage == STAGE_DONE
+    for stage in ("vae", "unet", "vae_general"):
+        assert fourth.losses[stage] == pytest.approx(full.losses[stage], rel=1e-5), stage
+    for mine, ref in ((fourth.ema_unet, full.ema_unet), (fourth.vae, full.vae), (fourth.ema_te, full.ema_te)):
+        for k, v in mine.state_dict().items():
+            torch.testing.assert_close(v, ref.state_dict()[k], rtol=1e-5, atol=1e-6)
 
 
 def test_train_on_a_finished_checkpoint_does_no_more_steps(tmp_path, trained):

@@ -67,7 +67,7 @@ def test_nearest_colour():
 
 def test_classifier_reads_the_worlds_own_images():
     rng = np.random.default_rng(3)
-    n, hits = 400, np.zeros(3)
+    n, hits = 200, np.zeros(3)
     for _ in range(n):
         sc = world.random_scene(rng)
         lab = classify(world.render(sc, 64))
@@ -81,3 +81,16 @@ def test_classifier_handles_empty_and_bad_images():
     assert lab.background == "green" and lab.shape == "none"
     with pytest.raises(ValueError, match="RGB image"):
         classify(np.zeros((64, 64), dtype=np.uint8))
+
+
+def test_evaluation_scenes_and_scoring():
+    from lora_ui.demo.evaluate import eval_scenes, score
+
+    scenes = eval_scenes()
+    assert {s.colour for s in scenes} == set(world.COLOURS) and {s.shape for s in scenes} == set(world.SHAPES)
+    assert {s.size for s in scenes} == set(world.SIZES) and all(s.colour != s.background for s in scenes)
+    images = np.stack([world.render(s, 64) for s in scenes] * 2)  # two "seeds"
+    assert score(images, scenes) == {"colour": 1.0, "background": 1.0, "shape": 1.0, "all": 1.0}
+    # the same images against scenes shifted by one: the colour is wrong for every image
+    shifted = scenes[1:] + scenes[:1]
+    assert score(images, shifted)["colour"] == 0.0
