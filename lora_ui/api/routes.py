@@ -322,14 +322,14 @@ class SdApi:
 
     def options(self) -> dict[str, Any]:
         current = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
-        settings = getattr(self.ctx, "settings", None)
+        outputs = getattr(self.ctx.worker, "outputs_dir", None)
         return {
             "sd_model_checkpoint": current.title if current is not None else None,
             "sd_checkpoint_hash": current.short_hash if current is not None else None,
             "CLIP_stop_at_last_layers": self.clip_skip,
             "samples_save": True,
             "samples_format": "png",
-            "outdir_txt2img_samples": str(getattr(settings, "outputs_dir", "") or ""),
+            "outdir_txt2img_samples": str(outputs / "txt2img-images") if outputs is not None else "",
         }
 
     def set_options(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -368,8 +368,6 @@ class SdApi:
         }
 
     def png_info(self, body: m.PngInfoBody) -> dict[str, Any]:
-        from PIL import Image
-
         from lora_ui.infotext import InfotextError, parse_infotext, read_infotext
 
         image = decode_base64_image(body.image, "image")
@@ -379,7 +377,6 @@ class SdApi:
             raise ApiError("image", str(exc)) from None
         items = {k: _jsonable(v) for k, v in (image.info or {}).items()
                  if k not in ("parameters", "exif", "icc_profile", "dpi", "transparency") and isinstance(k, str)}
-        assert isinstance(image, Image.Image)
         return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
 
     def memory(self) -> dict[str, Any]:

@@ -53,10 +53,11 @@ def test_sd_models_samplers_schedulers(client):
     assert "Sampler: DPM++ 2M" in info["infotexts"][0] and "Schedule type: Karras" in info["infotexts"][0]
 
 
-def test_options_switch_the_model_through_the_worker(client):
+def test_options_switch_the_model_through_the_worker(client, api_env):
     options = client.get("/sdapi/v1/options").json()
     assert options["sd_model_checkpoint"].startswith("tiny-a")
     assert options["CLIP_stop_at_last_layers"] == 1
+    assert options["outdir_txt2img_samples"] == str(api_env.root / "outputs" / "txt2img-images")
     on_a = pixels(render(client)["images"][0])
     try:
         r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-b", "unknown_option": 3})
