@@ -62,10 +62,10 @@ def pytest_runtest_makereport(item, call):
 def page(browser, app_server, request):
     from playwright.sync_api import expect
 
-    expect.set_options(timeout=20_000)
+    expect.set_options(timeout=60_000)  # these machines are shared and often loaded
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(60_000)
     page.goto(app_server.url)
     page.wait_for_selector("#txt2img_prompt textarea")
     yield page

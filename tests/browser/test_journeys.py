@@ -24,8 +24,8 @@ def quick_settings(page) -> None:
 
 def generate_and_wait(page):
     page.locator("#txt2img_generate").click()
-    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=120_000)
-    expect(page.locator("#txt2img_infotext textarea")).not_to_have_value("", timeout=120_000)
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=300_000)
+    expect(page.locator("#txt2img_infotext textarea")).not_to_have_value("", timeout=300_000)
     return page.locator("#txt2img_infotext textarea").input_value()
 
 
