@@ -60,21 +60,41 @@ def write_unet_lora(pipe: Any, path: Path, seed: int, rank: int = 4, std: float 
     return path
 
 
-def build_dev_context(work_dir: Path, lora_dir: Path | None = None) -> SimpleNamespace:
-    """(settings, models, library, worker) in `work_dir`; LoRAs from `lora_dir` or written there."""
-    from lora_ui.engine.checkpoints import ModelManager
-    from lora_ui.engine.worker import Worker
-    from lora_ui.library import LORA_SUFFIXES, LoraLibrary
+def _ensure_sample_loras(pipe: Any, lora_dir: Path) -> None:
+    from lora_ui.library import LORA_SUFFIXES
 
-    work_dir.mkdir(parents=True, exist_ok=True)
-    settings = DevSettings(work_dir / "config.json", work_dir / "outputs")
-    models = ModelManager(SimpleNamespace(device="cpu"))
-    model = models.require()
-    lora_dir = lora_dir or work_dir / "Lora"
     lora_dir.mkdir(parents=True, exist_ok=True)
     if not any(p.suffix in LORA_SUFFIXES for p in lora_dir.rglob("*")):
         for i, name in enumerate(SAMPLE_LORAS):
-            write_unet_lora(model.pipe, lora_dir / f"{name}.safetensors", seed=10 + i)
+            write_unet_lora(pipe, lora_dir / f"{name}.safetensors", seed=10 + i)
+
+
+def build_dev_context(work_dir: Path, lora_dir: Path | None = None) -> Any:
+    """The app's own AppContext (real Settings with `work_dir` as data dir, config.json there) on the CPU;
+    LoRAs from `lora_dir` or written to `work_dir/Lora`. `ctx.lora_dir` says where they are."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lora_dir = lora_dir or work_dir / "Lora"
+    try:
+        from lora_ui.app import AppContext
+        from lora_ui.settings import Settings
+    except ImportError:  # an older tree without the app wiring
+        return _stand_in_context(work_dir, lora_dir)
+    settings = Settings(data_dir=work_dir, lora_dirs=[lora_dir], device="cpu")
+    ctx = AppContext.build(settings, refresh_library=False)
+    _ensure_sample_loras(ctx.models.require().pipe, lora_dir)
+    ctx.library.refresh()
+    ctx.lora_dir = lora_dir
+    return ctx
+
+
+def _stand_in_context(work_dir: Path, lora_dir: Path) -> SimpleNamespace:
+    from lora_ui.engine.checkpoints import ModelManager
+    from lora_ui.engine.worker import Worker
+    from lora_ui.library import LoraLibrary
+
+    settings = DevSettings(work_dir / "config.json", work_dir / "outputs")
+    models = ModelManager(SimpleNamespace(device="cpu"))
+    _ensure_sample_loras(models.require().pipe, lora_dir)
     library = LoraLibrary([lora_dir], cache_dir=work_dir / "cache")
     library.refresh()
     worker = Worker.for_model_manager(models, library=library, outputs_dir=work_dir / "outputs")

@@ -13,8 +13,10 @@ from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
 
 
-def validated(default_weight: Any, card_size: Any, outputs_dir: Any, add_hashes: Any) -> dict[str, Any]:
-    """Widget values -> {settings attribute: value}. Raises ValueError naming the bad field."""
+def validated(default_weight: Any, card_size: Any, outputs_dir: Any, add_hashes: Any,
+              data_dir: Path | None = None) -> dict[str, Any]:
+    """Widget values -> {settings attribute: value}. A relative save folder is checked under `data_dir`
+    (where the app resolves it). Raises ValueError naming the bad field."""
     try:
         weight = float(default_weight)
     except (TypeError, ValueError):
@@ -31,6 +33,8 @@ def validated(default_weight: Any, card_size: Any, outputs_dir: Any, add_hashes:
     if not folder:
         raise ValueError("the folder to save images to is empty")
     target = Path(folder).expanduser()
+    if not target.is_absolute() and data_dir is not None:
+        target = Path(data_dir) / target
     if target.exists() and not target.is_dir():
         raise ValueError(f"'{folder}' exists and is not a folder")
     return {"default_lora_weight": weight, "card_size": size, "outputs_dir": folder,
@@ -70,12 +74,18 @@ class SettingsHandlers:
         self.ctx = ctx
 
     def apply(self, default_weight: Any, card_size: Any, outputs_dir: Any, add_hashes: Any) -> str:
+        settings = self.ctx.settings
         try:
-            values = validated(default_weight, card_size, outputs_dir, add_hashes)
-            apply_settings(self.ctx.settings, values)
+            values = validated(default_weight, card_size, outputs_dir, add_hashes, getattr(settings, "data_dir", None))
+            apply_settings(settings, values)
         except (ValueError, OSError, RuntimeError) as exc:
             notify.warn(f"Settings not saved: {exc}")
             return ""
+        # The next image goes to the new folder: the worker saves where it was told at start-up.
+        worker = getattr(self.ctx, "worker", None)
+        new_outputs = getattr(settings, "outputs_path", None)
+        if worker is not None and hasattr(worker, "outputs_dir") and isinstance(new_outputs, Path):
+            worker.outputs_dir = new_outputs
         where = getattr(self.ctx.settings, "config_path", None)
         notify.info("Settings saved" + (f" to {where}" if where else ""))
         return "Saved."

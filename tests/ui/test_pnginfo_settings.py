@@ -108,3 +108,32 @@ def test_failed_save_restores_the_previous_values(tmp_path):
     with pytest.warns(UserWarning, match="permission denied"):
         st.SettingsHandlers(ctx).apply(0.5, 300, "elsewhere", False)
     assert (ctx.settings.default_lora_weight, ctx.settings.card_size, ctx.settings.outputs_dir) == (1.0, 160, "outputs")
+
+
+def test_apply_with_the_real_settings_writes_config_json_and_moves_the_worker_output(tmp_path):
+    from types import SimpleNamespace
+
+    from lora_ui.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    worker = SimpleNamespace(outputs_dir=settings.outputs_path)
+    ctx = SimpleNamespace(settings=settings, worker=worker)
+    assert st.SettingsHandlers(ctx).apply(-0.5, 96, "renders", True) == "Saved."
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert (written["default_lora_weight"], written["card_size"], written["outputs_dir"]) == (-0.5, 96, "renders")
+    assert worker.outputs_dir == tmp_path / "renders"
+    reloaded = Settings(data_dir=tmp_path)
+    reloaded.load()
+    assert (reloaded.default_lora_weight, reloaded.card_size, reloaded.outputs_dir) == (-0.5, 96, "renders")
+
+
+def test_relative_save_folder_is_checked_under_the_data_dir(tmp_path):
+    from types import SimpleNamespace
+
+    from lora_ui.settings import Settings
+
+    (tmp_path / "taken").write_text("a file")
+    ctx = SimpleNamespace(settings=Settings(data_dir=tmp_path), worker=None)
+    with pytest.warns(UserWarning, match="'taken' exists and is not a folder"):
+        assert st.SettingsHandlers(ctx).apply(1, 160, "taken", True) == ""
+    assert not (tmp_path / "config.json").exists()
