@@ -464,6 +464,12 @@ class ModelManager:
         """The current model, loading the configured/default one on first use."""
         with self._lock:
             if self._current is None:
+                remembered = self._opt("sd_model_checkpoint", None)  # last choice saved in config.json
+                if self._opt("ckpt", None) is None and remembered:
+                    try:
+                        return self.switch(remembered)
+                    except CheckpointError as e:  # a stale remembered name must not stop the app
+                        log.warning("The last used checkpoint could not be loaded (%s); loading the default.", e)
                 self.switch(self._opt("ckpt", None))
             return self._current
 

@@ -284,3 +284,12 @@ def test_shipped_configs_describe_the_real_models():
     for arch, sub, pad in [("sd1", "tokenizer", 49407), ("sdxl", "tokenizer", 49407), ("sdxl", "tokenizer_2", 0)]:
         tok = CLIPTokenizer.from_pretrained(cfg / arch / sub)
         assert len(tok) == 49408 and tok.pad_token_id == pad
+
+
+def test_remembered_checkpoint_is_used_and_a_stale_one_falls_back(files, tmp_path, caplog):
+    remembered = ModelManager(SimpleNamespace(sd_model_checkpoint=str(files.folder), demo_model_dir=tmp_path / "x"))
+    assert remembered.require().name == "tiny-folder"
+    stale = ModelManager(SimpleNamespace(sd_model_checkpoint="gone.safetensors", demo_model_dir=tmp_path / "x"))
+    with caplog.at_level(logging.WARNING, logger="lora_ui.engine.checkpoints"):
+        assert stale.require().kind == "builtin"
+    assert "last used checkpoint could not be loaded" in caplog.text
