@@ -52,6 +52,8 @@ def build_library(settings: Settings, *, refresh: bool = True):
     if refresh:
         report = library.refresh()
         log.info("LoRA library: %s", report)
+        # Hashes (for infotext and paste-by-hash) are computed in the background, cached on disk.
+        library.start_background_hashing()
     return library
 
 

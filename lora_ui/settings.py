@@ -249,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="webui.py",
         description="LoRA UI: an AUTOMATIC1111-style web UI for using LoRAs with Stable Diffusion (diffusers).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="base folder for models/, outputs/, config.json and cache/ (A1111 layout); "
@@ -265,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: <data-dir>/models/Lora and <data-dir>/models/LyCORIS)")
     p.add_argument("--listen", action="store_true",
                    help="serve on 0.0.0.0 so other machines on the network can connect (use with --gradio-auth)")
-    p.add_argument("--port", type=int, default=7860, help="port of the web UI")
+    p.add_argument("--port", type=int, default=7860, help="port of the web UI (default: 7860)")
     p.add_argument("--autolaunch", action="store_true", help="open the UI in the system's browser at start")
     p.add_argument("--api", action="store_true",
                    help="also serve the A1111-compatible REST API under /sdapi/v1 (docs at /docs)")
@@ -274,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",
                    help="require HTTP Basic authentication for the REST API")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                   help="where to run the model: auto picks cuda, then mps, then cpu")
+                   help="where to run the model: auto (the default) picks cuda, then mps, then cpu")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                   help="weights' precision: auto is fp16 on cuda/mps and fp32 on cpu (fp16 on cpu is refused)")
+                   help="weights' precision: auto (the default) is fp16 on cuda/mps and fp32 on cpu (fp16 on cpu is refused)")
     p.add_argument("--no-half", action="store_true", help="A1111's name for --precision fp32")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow loading .ckpt/.pt pickle files (checkpoints and LoRAs); pickle files can run "
