@@ -262,7 +262,8 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
                 weight_change()
             with torch.no_grad():
                 pipe(prompt_embeds=text[:1], negative_prompt_embeds=text[1:], num_inference_steps=steps,
-                     height=latent * 8, width=latent * 8, guidance_scale=7.0, output_type="latent",
+                     height=latent * pipe.vae_scale_factor, width=latent * pipe.vae_scale_factor,
+                     guidance_scale=7.0, output_type="latent",
                      generator=torch.Generator().manual_seed(1))
         return go
 
@@ -295,7 +296,7 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
         ours[f"unload_{mode}_s"] = best(manager.clear, reps, device,
                                         setup=lambda: manager.set_loras([LoraSpec(lora, "l", te=1.0, unet=1.0)]))
         cold_reset()
-        log(f"lora_ui {mode} done")
+        log(f"lora_ui {mode}: " + ", ".join(f"{k}={v:.4g}" for k, v in ours.items() if mode in k))
     for kind in ("locon", "loha"):
         manager.mode = "fast"
         ours[f"apply_fast_{kind}_s"] = best(lambda: manager.set_loras([LoraSpec(paths[kind], kind)]), reps, device,
@@ -310,6 +311,7 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
     ours["change_and_generate_s"] = timed(
         generate(lambda: manager.set_loras([LoraSpec(lora, "l", te=next(weights), unet=next(weights))])), device)
     cold_reset()
+    log(f"lora_ui all: {ours}")
     results["unload_bit_exact"] = bit_exact(pipe, snap)
     results["ours"] = ours
     del manager
@@ -348,6 +350,7 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
         d_load()
         theirs["unload_s"] = min(theirs["unload_s"], timed(d_unload, device))
     results["diffusers"] = theirs
+    log(f"diffusers: {theirs}")
 
     log("timing the floor")
     # ---- the floor: read the file + one addmm_ pass of up@down into each weight ----

@@ -13,6 +13,7 @@ Two execution modes per layer:
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,7 @@ class LayerPatch:
         self.shadow_bias: Tensor | None = None
         self.branches: list[tuple[Tensor, Tensor | None, Tensor]] = []
         self.mode = FAST
+        self.contributions: list[Contribution] = []
         self._previous_forward = _MISSING  # an instance forward someone else set before us
 
     # ---- building ------------------------------------------------------------------------------
@@ -81,6 +83,7 @@ class LayerPatch:
             self.shadow_weight, self.shadow_bias = shadow_weights(self.module, contributions)
             self.branches, self.mode = [], FAST
         self.signature = tuple(c.signature() for c in contributions) + (mode,)
+        self.contributions = contributions  # keeps the modules alive, so signature ids stay unique
 
     # ---- forward -------------------------------------------------------------------------------
 
@@ -103,13 +106,21 @@ class LayerPatch:
         self.shadow_weight = self.shadow_bias = None
         self.branches = []
         self.signature = ()
+        self.contributions = []
 
 
-def shadow_weights(module: nn.Module, contributions: list[Contribution]) -> tuple[Tensor, Tensor | None]:
+def shadow_weights(module: nn.Module, contributions: list[Contribution],
+                   out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """(W', b') = the layer's weight/bias with all contributions stacked in order, fp32 math,
-    rounded once to the weight's dtype. b' is None when no contribution changes the bias."""
+    rounded once to the weight's dtype. b' is None when no contribution changes the bias.
+
+    out: an old shadow (weight-shaped, weight dtype) to write W' into instead of a new tensor (a
+    weight change then neither allocates nor frees W-sized memory). For fp32 weights it is the
+    accumulator itself; otherwise an fp32 temporary is rounded into it once.
+    """
     weight = module.weight.detach()
     bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
+    fp32_out = out if (out is not None and out.dtype == torch.float32) else None
     current: Tensor | None = None  # fp32 accumulator, created lazily by the first contribution
     bias32: Tensor | None = None
     for c in contributions:
@@ -121,15 +132,22 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution]) -> tupl
             alpha = factors.scale * c.multiplier
             if current is None:
                 base = weight.reshape(weight.shape[0], -1)
-                current = torch.addmm(base.float() if base.dtype != torch.float32 else base, up, down, alpha=alpha)
-                current = current.reshape(weight.shape)
+                base = base.float() if base.dtype != torch.float32 else base
+                if fp32_out is not None:
+                    torch.addmm(base, up, down, alpha=alpha, out=fp32_out.view(weight.shape[0], -1))
+                    current = fp32_out
+                else:
+                    current = torch.addmm(base, up, down, alpha=alpha).reshape(weight.shape)
             else:
                 current.view(weight.shape[0], -1).addmm_(up, down, alpha=alpha)
             continue
         orig = weight if current is None else current
         delta_w, delta_b = c.module.delta(orig, c.multiplier, c.dyn)
         if current is None:
-            current = weight.float() if weight.dtype != torch.float32 else weight.clone()
+            if fp32_out is not None:
+                current = fp32_out.copy_(weight)
+            else:
+                current = weight.float() if weight.dtype != torch.float32 else weight.clone()
         current += delta_w.reshape(weight.shape)
         if delta_b is not None:
             if bias is None:
@@ -140,6 +158,10 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution]) -> tupl
     if current is None:  # no contributions: the base weight itself (never written)
         return weight, None
     new_bias = None if bias32 is None else bias32.to(bias.dtype)
+    if current is fp32_out and fp32_out is not None:
+        return current, new_bias
+    if out is not None:
+        return out.copy_(current), new_bias  # the one rounding to the model dtype
     return current.to(weight.dtype), new_bias
 
 
@@ -190,6 +212,22 @@ def _branch_forward(module: nn.Module, patch: LayerPatch, base_forward):
     return forward
 
 
+@dataclass(frozen=True, eq=False)
+class _InPlace:
+    """A planned in-place rebuild of an existing fast-mode shadow (same modules, new multipliers)."""
+
+    contributions: list
+    signature: tuple
+
+
+def _release_later(tensors: list[Tensor]) -> None:
+    """Drop the last references to big tensors on a daemon thread: returning W-sized buffers to
+    the OS takes time that an unload should not wait for."""
+    if not tensors:
+        return
+    threading.Thread(target=tensors.clear, name="lora-release", daemon=True).start()
+
+
 class LayerBuildError(Exception):
     """Computing a layer's new weights failed (shape/dtype problem in a network module)."""
 
@@ -206,15 +244,25 @@ class Patcher:
     def __init__(self):
         self.layers: dict[str, LayerPatch] = {}
 
-    def plan(self, wanted: dict[str, tuple[nn.Module, list[Contribution]]], mode: str) -> dict[str, LayerPatch | None]:
+    def plan(self, wanted: dict[str, tuple[nn.Module, list[Contribution]]], mode: str) -> dict[str, object]:
         """Build the new state of every layer whose contributions changed, without touching any
-        module. Returns target id -> built LayerPatch (to install) or None (to unpatch).
-        Raises whatever the math raises; nothing is installed then."""
-        changes: dict[str, LayerPatch | None] = {}
+        module. Returns target id -> built LayerPatch (to install), None (to unpatch), or an
+        `_InPlace` rebuild. Raises LayerBuildError; nothing is changed then.
+
+        A layer whose sources and network modules are unchanged (only multipliers/dyn differ) and
+        that has a fast-mode shadow is rebuilt in place at commit: the same math already succeeded
+        on it, so commit stays safe, and a weight change neither allocates nor frees W-sized memory.
+        """
+        changes: dict[str, object] = {}
         for target_id, (module, contributions) in wanted.items():
             signature = tuple(c.signature() for c in contributions) + (mode,)
             current = self.layers.get(target_id)
             if current is not None and current.signature == signature:
+                continue
+            if (current is not None and mode == FAST and current.mode == FAST
+                    and current.shadow_weight is not None and current.shadow_weight is not module.weight
+                    and [s[:2] for s in current.signature[:-1]] == [s[:2] for s in signature[:-1]]):
+                changes[target_id] = _InPlace(contributions, signature)
                 continue
             patch = LayerPatch(module)
             try:
@@ -227,20 +275,34 @@ class Patcher:
                 changes[target_id] = None
         return changes
 
-    def commit(self, changes: dict[str, LayerPatch | None]) -> None:
-        """Install planned changes (cannot fail: only forward attributes are set/removed)."""
-        for target_id, patch in changes.items():
+    def commit(self, changes: dict[str, object]) -> None:
+        """Install planned changes; freed shadows are released on a background thread so that an
+        unload returns at once (the memory goes back to the OS a moment later)."""
+        garbage: list[Tensor] = []
+        for target_id, change in changes.items():
+            if isinstance(change, _InPlace):
+                patch = self.layers[target_id]
+                patch.shadow_weight, patch.shadow_bias = shadow_weights(
+                    patch.module, change.contributions, out=patch.shadow_weight)
+                patch.signature = change.signature
+                patch.contributions = change.contributions
+                continue
             old = self.layers.pop(target_id, None)
             if old is not None:
+                garbage += [t for t in (old.shadow_weight, old.shadow_bias) if t is not None]
                 old.uninstall()
-            if patch is not None:
-                patch.install()
-                self.layers[target_id] = patch
+            if change is not None:
+                change.install()
+                self.layers[target_id] = change
+        _release_later(garbage)
 
     def clear(self) -> None:
+        garbage: list[Tensor] = []
         for patch in self.layers.values():
+            garbage += [t for t in (patch.shadow_weight, patch.shadow_bias) if t is not None]
             patch.uninstall()
         self.layers.clear()
+        _release_later(garbage)
 
     @property
     def shadow_bytes(self) -> int:

@@ -74,6 +74,8 @@ def test_unchanged_set_is_no_work_and_te_change_touches_te_only(sd1, tmp_path):
     n_te = sum(1 for layer, *_ in truth if layer.component != "unet")
     te_change = manager.set_loras([LoraSpec(path, "a", te=0.9, unet=0.5)])
     assert te_change.changed_layers == n_te
+    # A weight change rewrites the existing shadows in place: no W-sized allocation.
+    assert all(manager.patcher.layers[t].shadow_weight.data_ptr() == s.data_ptr() for t, s in shadows.items())
     unet_ids = [t for t in shadows if t.startswith("unet:")]
     assert all(manager.patcher.layers[t].shadow_weight is shadows[t] for t in unet_ids)
     _check_weights(manager, truth, te=0.9, unet=0.5)

@@ -87,3 +87,17 @@ def test_unchanged_contributions_are_not_rebuilt():
     assert list(changes) == ["l"]
     assert patcher.plan({}, "fast") == {"l": None}
     patcher.clear()
+
+
+def test_in_place_rebuild_equals_fresh_build_in_fp16():
+    torch.manual_seed(2)
+    lin = nn.Linear(32, 32).to(torch.float16)
+    net, _, _ = _lora(lin, rank=4)
+    patcher = Patcher()
+    patcher.commit(patcher.plan({"l": (lin, [Contribution("s", net, 1.0, None)])}, "fast"))
+    buffer = patcher.layers["l"].shadow_weight
+    patcher.commit(patcher.plan({"l": (lin, [Contribution("s", net, 0.3, None)])}, "fast"))
+    assert patcher.layers["l"].shadow_weight.data_ptr() == buffer.data_ptr()
+    fresh, _ = shadow_weights(lin, [Contribution("s", net, 0.3, None)])
+    assert torch.equal(patcher.layers["l"].shadow_weight, fresh)
+    patcher.clear()
