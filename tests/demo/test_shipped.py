@@ -1,0 +1,93 @@
+"""The shipped demo model and demo LoRAs: complete, loadable, in budget, and doing what they say."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lora_ui.demo import DEMO_LORA_DIR, DEMO_MODEL_DIR, check_demo_model
+from lora_ui.demo.adapters import kohya_prefix
+from lora_ui.demo.classify import classify
+from lora_ui.demo.evaluate import lora_net, load_demo_pipeline
+from lora_ui.demo.lora_train import DEMO_LORAS, render
+from lora_ui.demo.paths import ROOT
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_demo_pipeline(DEMO_MODEL_DIR)
+
+
+def test_models_folder_fits_the_budget():
+    total = sum(f.stat().st_size for f in (ROOT / "models").rglob("*") if f.is_file())
+    assert total <= 30 * 1024 * 1024, f"models/ is {total / 2**20:.1f} MB"
+
+
+def test_shipped_model_is_complete_and_sd1_shaped(pipe):
+    check_demo_model(DEMO_MODEL_DIR)
+    assert (DEMO_MODEL_DIR / "README.md").is_file()
+    assert len(pipe.tokenizer) == 49408
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    names = dict(pipe.unet.named_modules())
+    assert isinstance(names["down_blocks.0.attentions.0.proj_in"], torch.nn.Conv2d)  # SD1: conv proj_in
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k" in names
+    with safe_open(str(DEMO_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+
+
+def test_shipped_model_follows_prompts_far_above_chance(pipe):
+    """24 fixed prompts, one seed. Chance is 1/8 for the shape colour and 1/7 for the background;
+    the model card reports the measured rates (well below the issue's 90 % targets)."""
+    from lora_ui.demo import world
+    from lora_ui.demo.evaluate import eval_scenes, render_prompts, score
+
+    scenes = eval_scenes()
+    images = render_prompts(pipe, [world.canonical_caption(s) for s in scenes], seeds=(0,))
+    result = score(images, scenes)
+    assert result["colour"] >= 0.3 and result["background"] >= 0.3 and result["shape"] >= 0.3, result
+
+
+@pytest.mark.parametrize("name", list(DEMO_LORAS))
+def test_shipped_lora_files(pipe, name):
+    spec = DEMO_LORAS[name]
+    path = DEMO_LORA_DIR / f"{name}.safetensors"
+    sd = load_file(str(path))
+    known = {kohya_prefix("unet", n) for n, _ in pipe.unet.named_modules()} | \
+            {kohya_prefix("text_encoder", n) for n, _ in pipe.text_encoder.named_modules()}
+    assert {k.split(".", 1)[0] for k in sd} <= known
+    assert {t.dtype for t in sd.values()} == {torch.float16}
+    with safe_open(str(path), "pt") as f:
+        md = f.metadata()
+    assert md["ss_output_name"] == name and md["ss_base_model_version"] == "sd_v1"
+    assert md["ss_network_module"] == ("networks.lora" if spec.kind == "lora" else "lycoris.kohya")
+    if spec.kind != "lora":
+        assert json.loads(md["ss_network_args"])["algo"] == spec.kind
+    assert re.fullmatch(r"[0-9a-f]{64}", md["sshs_model_hash"])
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["activation text"] == spec.activation_text and side["sd version"] == "SD1"
+    preview = Image.open(path.with_suffix(".png"))
+    assert preview.size == (64, 64)
+
+
+def test_demo_dark_darkens_more_with_more_weight(pipe):
+    net = lora_net(pipe, "demo-dark", DEMO_LORA_DIR / "demo-dark.safetensors")
+    prompt = "a small yellow circle on a white background"
+    b = [render(pipe, prompt, seed=3, net=net, weight=w, steps=15).mean() for w in (0.0, 0.5, 1.0)]
+    assert b[0] > b[1] > b[2], b
+    assert b[2] <= 0.7 * b[0], b
+
+
+@pytest.mark.parametrize("name", [n for n in DEMO_LORAS if n != "demo-dark"])
+def test_style_loras_grow_with_weight(pipe, name):
+    spec = DEMO_LORAS[name]
+    net = lora_net(pipe, name, DEMO_LORA_DIR / f"{name}.safetensors")
+    change = np.zeros(3)
+    for prompt in ("a big green triangle on a black background", "a small red square on a yellow background"):
+        prompt = f"{spec.activation_text}, {prompt}"
+        imgs = [render(pipe, prompt, seed=4, net=net, weight=w, steps=15).astype(np.float32) for w in (0.0, 0.5, 1.0)]
+        change += [np.abs(i - imgs[0]).mean() for i in imgs]
+    assert change[0] == 0 < change[1] < change[2], change
