@@ -81,16 +81,14 @@ def test_unknown_lora_message_lists_known_names(client, untouched):
     assert "plain name" in traversal["detail"]
 
 
-@pytest.mark.parametrize("raw, content_type", [
-    (b"{not json", "application/json"),
-    (b'{"prompt": "x",}', "application/json"),
-    (b"", "application/json"),
-    (b"[1, 2, 3]", "application/json"),
-])
-def test_malformed_json(client, raw, content_type, untouched):
-    r = client.post("/sdapi/v1/txt2img", content=raw, headers={"content-type": content_type})
-    body = assert_error(r, 422, "body")
-    assert body["error"] == "ValidationError"
+MALFORMED_BODIES = [b"{not json", b'{"prompt": "x",}', b"", b"[1, 2, 3]"]
+
+
+def test_malformed_json(client, untouched):
+    for raw in MALFORMED_BODIES:
+        r = client.post("/sdapi/v1/txt2img", content=raw, headers={"content-type": "application/json"})
+        body = assert_error(r, 422, "body")
+        assert body["error"] == "ValidationError"
 
 
 def test_png_info_bad_images(client, untouched):
