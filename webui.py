@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from lora_ui.api import create_api
 
         create_api(app, ctx, settings.api_auth or None)
-        log.info("REST API on %ssdapi/v1 (docs: %sdocs)", local_url, local_url)
+        log.info("REST API on %ssdapi/v1 (docs: %ssdapi/v1/docs)", local_url, local_url)
     log.info("LoRA UI running on %s", local_url)
     try:
         blocks.block_thread()
