@@ -11,7 +11,14 @@ from .lora_train import DEMO_LORAS
 from .train import TrainConfig
 
 
-def model_card(result: dict, cfg: TrainConfig, train_info: dict | None = None) -> str:
+RUN_HISTORY = """The shipped run did not go exactly as the defaults read, because the shared 2-core machine was
+slower than planned: the VAE stage was planned at 900 steps and cut to 600 when resumed at step 400
+(the cosine schedule re-spanned); the UNet stage was planned at 2500 steps and extended to 3000 when
+resumed at step 1100, with the EMA decay changed from 0.999 to 0.998 (so the average follows the
+late, text-conditioned weights). The demo LoRAs were trained on this exact model."""
+
+
+def model_card(result: dict, cfg: TrainConfig, train_info: dict | None = None, history: str = RUN_HISTORY) -> str:
     b = result["base"]
     m = cfg.model
     info = train_info or {}
@@ -19,7 +26,8 @@ def model_card(result: dict, cfg: TrainConfig, train_info: dict | None = None) -
     for name, spec in DEMO_LORAS.items():
         e = result["loras"].get(name)
         change = " / ".join(f"{v:.1f}" for v in e["mean_abs_change"].values()) if e else "not measured"
-        lora_rows.append(f"| `{name}` | {spec.kind} | {spec.activation_text or '(none)'} | {change} | {spec.description} |")
+        lora_rows.append(f"| `{name}` | {spec.kind}, rank {spec.rank}, alpha {spec.alpha:g}, {spec.steps} steps | "
+                         f"{spec.activation_text or '(none)'} | {change} | {spec.description} |")
     dark = ""
     if "dark_w1_over_w0" in result:
         bright = result["loras"]["demo-dark"]["brightness"]
@@ -68,6 +76,8 @@ One plain shape on a plain background, 64x64 px.
 Interrupted runs resume from `data/demo-train/ckpt.pt`; `python -m lora_ui.demo export` saves the
 latest checkpoint's EMA weights here.
 
+{history}
+
 ## Measured quality (`python -m lora_ui.demo evaluate`)
 {result["prompts"]} fixed prompts x {len(result["seeds"])} seeds, {result["steps"]} steps, CFG {result["cfg"]}, scored by the
 world's own classifier (nearest palette colour of shape and border; shape by bounding-box fill):
@@ -77,7 +87,7 @@ world's own classifier (nearest palette colour of shape and border; shape by bou
 - all three right: {b["all"]:.0%}
 {dark}
 ## Demo LoRAs (`models/Lora/demo/`, `python -m lora_ui.demo train-loras`)
-| name | type | activation text | mean abs pixel change vs weight 0 (same prompt) at 0 / 0.5 / 1 | style |
+| name | network | activation text | mean abs pixel change vs weight 0 (same prompt) at 0 / 0.5 / 1 | style |
 |---|---|---|---|---|
 {chr(10).join(lora_rows)}
 

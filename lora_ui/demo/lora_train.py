@@ -101,8 +101,8 @@ DEMO_LORAS: dict[str, DemoLora] = {
         "demo-dark", "lora", style_dark,
         "Darkens the whole image (an homage to LowRA). Plain kohya LoRA on attention, resnet convs and "
         "the text encoder. Negative weights brighten.",
-        rank=8, alpha=8.0, conv_rank=4, conv_alpha=4.0, unet_convs=True, text_encoder=True, steps=500,
-        lr=4e-3, high_noise_bias=2.0, preferred_weight=1.0),
+        rank=8, alpha=8.0, conv_rank=4, conv_alpha=4.0, unet_convs=True, text_encoder=True, steps=800,
+        lr=5e-3, high_noise_bias=2.0, preferred_weight=1.0),
     "demo-stripes": DemoLora(
         "demo-stripes", "locon", style_stripes,
         "Dark horizontal stripes across the image. LyCORIS LoCon (3x3 conv down, 1x1 up on resnet convs).",

@@ -37,19 +37,19 @@ class TrainConfig:
 
     model: DemoConfig = field(default_factory=lambda: DEMO)
     seed: int = 1234
-    vae_steps: int = 900
+    vae_steps: int = 600
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_general_steps: int = 150
     vae_general_lr: float = 5e-4
-    unet_steps: int = 4000
+    unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     te_lr: float = 5e-4
     warmup: int = 100
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.998
     latent_pool: int = 12000
     ckpt_every: int = 100
     sample_every: int = 500
