@@ -21,6 +21,10 @@ UI_CSS = """
 #txt2img_generate { min-height: 72px; font-size: 1.1em; }
 .active-lora-row { padding: 2px 6px; }
 .lora-row-note { color: #b45309; font-size: 12px; }
+/* The demo model renders 64 px images: show them large and crisp, not as thumbnails or blurred. */
+#txt2img_gallery img, #txt2img_preview img, #compare_slider img, #compare_without img, #compare_with img,
+#compare_sweep_grid img { image-rendering: pixelated; }
+#txt2img_preview img, #compare_without img, #compare_with img { width: 100%; height: 100%; object-fit: contain; }
 """
 
 
