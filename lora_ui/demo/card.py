@@ -15,7 +15,9 @@ RUN_HISTORY = """The shipped run did not go exactly as the defaults read, becaus
 slower than planned: the VAE stage was planned at 900 steps and cut to 600 when resumed at step 400
 (the cosine schedule re-spanned); the UNet stage was planned at 2500 steps and extended to 3000 when
 resumed at step 1100, with the EMA decay changed from 0.999 to 0.998 (so the average follows the
-late, text-conditioned weights). The demo LoRAs were trained on this exact model."""
+late, text-conditioned weights); it was then continued from step 3000 with the cosine schedule
+re-spanned to 4000 steps (learning rate back up to ~24 % of the base, decaying again) and stopped at
+step 3600 for the deadline. The demo LoRAs were trained on this exact model."""
 
 
 def model_card(result: dict, cfg: TrainConfig, train_info: dict | None = None, history: str = RUN_HISTORY) -> str:
