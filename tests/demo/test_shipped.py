@@ -78,7 +78,7 @@ def test_demo_dark_darkens_more_with_more_weight(pipe):
     prompt = "a small yellow circle on a white background"
     b = [render(pipe, prompt, seed=3, net=net, weight=w, steps=15).mean() for w in (0.0, 0.5, 1.0)]
     assert b[0] > b[1] > b[2], b
-    assert b[2] <= 0.85 * b[0], b  # the issue asks <= 0.70 over the evaluation set; see the model card
+    assert b[2] <= 0.7 * b[0], b
 
 
 @pytest.mark.parametrize("name", [n for n in DEMO_LORAS if n != "demo-dark"])
@@ -91,3 +91,37 @@ def test_style_loras_grow_with_weight(pipe, name):
         imgs = [render(pipe, prompt, seed=4, net=net, weight=w, steps=15).astype(np.float32) for w in (0.0, 0.5, 1.0)]
         change += [np.abs(i - imgs[0]).mean() for i in imgs]
     assert change[0] == 0 < change[1] < change[2], change
+
+
+@pytest.mark.parametrize("name", list(DEMO_LORAS))
+def test_project_engine_applies_demo_loras_like_the_trainer(pipe, name):
+    """The project's LoraManager and the trainer's own adapters give the same UNet/text-encoder outputs."""
+    from lora_ui.lora.manager import LoraManager
+    from lora_ui.lora.spec import LoraSpec
+
+    path = DEMO_LORA_DIR / f"{name}.safetensors"
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    ids = pipe.tokenizer([f"{DEMO_LORAS[name].activation_text}, a red circle"], padding="max_length",
+                         max_length=77, return_tensors="pt").input_ids
+
+    def run():
+        with torch.no_grad():
+            cond = pipe.text_encoder(ids).last_hidden_state
+            return cond, pipe.unet(x, torch.tensor([600]), cond).sample
+
+    base_cond, base = run()
+    net = lora_net(pipe, name, path)
+    with net:
+        net.set_multiplier(0.7)
+        our_cond, ours = run()
+    manager = LoraManager(pipe)
+    manager.set_loras([LoraSpec(path=path, name=name, te=0.7, unet=0.7)])
+    try:
+        eng_cond, eng = run()
+    finally:
+        manager.clear()
+    assert (ours - base).abs().mean() > 1e-3
+    torch.testing.assert_close(eng_cond, our_cond, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(eng, ours, rtol=1e-4, atol=1e-5)
+    after_cond, after = run()
+    assert torch.equal(after, base) and torch.equal(after_cond, base_cond)
