@@ -134,7 +134,8 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution],
                 base = weight.reshape(weight.shape[0], -1)
                 base = base.float() if base.dtype != torch.float32 else base
                 if fp32_out is not None:
-                    torch.addmm(base, up, down, alpha=alpha, out=fp32_out.view(weight.shape[0], -1))
+                    # copy + in-place GEMM accumulate: cheaper than addmm(out=) (no W-sized temporary)
+                    fp32_out.view(weight.shape[0], -1).copy_(base).addmm_(up, down, alpha=alpha)
                     current = fp32_out
                 else:
                     current = torch.addmm(base, up, down, alpha=alpha).reshape(weight.shape)
