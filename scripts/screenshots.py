@@ -55,7 +55,7 @@ def take(url: str, out: Path, steps: int) -> None:
         page.wait_for_selector("#txt2img_prompt textarea")
 
         # txt2img: a LoRA from its card, slider moved, one image rendered
-        page.locator("#txt2img_prompt textarea").fill("a lighthouse on a cliff at dusk")
+        page.locator("#txt2img_prompt textarea").fill("a big yellow circle on a blue background")
         cards = page.locator("#lora_cards .lora-card:not(.misfit)")
         if cards.count():
             cards.first.click()
