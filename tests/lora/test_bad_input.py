@@ -10,18 +10,7 @@ import torch
 
 from lora_ui.lora.manager import LoraManager
 from lora_ui.lora.spec import LoraError, LoraSpec
-from lora_ui.testing.tiny_models import tiny_sd1_pipeline, tiny_sdxl_pipeline
 from tests.lora import files
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return tiny_sd1_pipeline(0)
-
-
-@pytest.fixture(scope="module")
-def sdxl():
-    return tiny_sdxl_pipeline(0)
 
 
 @pytest.fixture(scope="module")

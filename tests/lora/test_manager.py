@@ -12,19 +12,8 @@ import lora_ui.lora.loader as loader_module
 from lora_ui.lora.block_weights import parse_block_weights
 from lora_ui.lora.manager import LoraManager
 from lora_ui.lora.spec import LoraSpec
-from lora_ui.testing.tiny_models import tiny_sd1_pipeline, tiny_sdxl_pipeline
 from tests.lora import files
 from tests.lora import formulas as F
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    return tiny_sd1_pipeline(0)
-
-
-@pytest.fixture(scope="module")
-def sdxl():
-    return tiny_sdxl_pipeline(0)
 
 
 def _lora(pipe, tmp_path, name="a", seed=0, **kw):
