@@ -10,27 +10,11 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 SAMPLE_LORAS = ("inkwash", "papercut")
-SETTING_KEYS = ("default_lora_weight", "card_size", "outputs_dir", "add_lora_hashes_to_infotext")
-
-
-class DevSettings:
-    """The settings the UI edits, saved to `config_path` (stand-in while lora_ui.settings is absent)."""
-
-    def __init__(self, config_path: Path, outputs_dir: Path) -> None:
-        self.config_path = config_path
-        self.default_lora_weight = 1.0
-        self.card_size = 140
-        self.outputs_dir = str(outputs_dir)
-        self.add_lora_hashes_to_infotext = True
-
-    def save(self) -> None:
-        self.config_path.write_text(json.dumps({k: getattr(self, k) for k in SETTING_KEYS}), encoding="utf-8")
 
 
 def free_port() -> int:
@@ -74,31 +58,15 @@ def build_dev_context(work_dir: Path, lora_dir: Path | None = None) -> Any:
     LoRAs from `lora_dir` or written to `work_dir/Lora`. `ctx.lora_dir` says where they are."""
     work_dir.mkdir(parents=True, exist_ok=True)
     lora_dir = lora_dir or work_dir / "Lora"
-    try:
-        from lora_ui.app import AppContext
-        from lora_ui.settings import Settings
-    except ImportError:  # an older tree without the app wiring
-        return _stand_in_context(work_dir, lora_dir)
+    from lora_ui.app import AppContext
+    from lora_ui.settings import Settings
+
     settings = Settings(data_dir=work_dir, lora_dirs=[lora_dir], device="cpu")
     ctx = AppContext.build(settings, refresh_library=False)
     _ensure_sample_loras(ctx.models.require().pipe, lora_dir)
     ctx.library.refresh()
     ctx.lora_dir = lora_dir
     return ctx
-
-
-def _stand_in_context(work_dir: Path, lora_dir: Path) -> SimpleNamespace:
-    from lora_ui.engine.checkpoints import ModelManager
-    from lora_ui.engine.worker import Worker
-    from lora_ui.library import LoraLibrary
-
-    settings = DevSettings(work_dir / "config.json", work_dir / "outputs")
-    models = ModelManager(SimpleNamespace(device="cpu"))
-    _ensure_sample_loras(models.require().pipe, lora_dir)
-    library = LoraLibrary([lora_dir], cache_dir=work_dir / "cache")
-    library.refresh()
-    worker = Worker.for_model_manager(models, library=library, outputs_dir=work_dir / "outputs")
-    return SimpleNamespace(settings=settings, models=models, library=library, worker=worker, lora_dir=lora_dir)
 
 
 def launch(ctx: Any, port: int | None = None):
