@@ -71,6 +71,7 @@ class Txt2ImgRequest:
     height: int | None = None
     seed: int = -1
     subseed: int | None = None  # not supported yet (variation seeds)
+    add_lora_hashes: bool = True  # "Lora hashes" in the infotext (the UI's setting of the same name)
     batch_size: int = 1
     batch_count: int = 1
     clip_skip: int = 1
@@ -264,7 +265,7 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     text, negative_text, specs, warnings = _apply_loras(req.prompt, req.negative_prompt, library, loras)
     if model.arch == "sdxl" and req.clip_skip > 1:
         warnings.append("Clip skip has no effect on SDXL models (as in A1111); ignored")
-    lora_hashes = _lora_hashes(library, specs)
+    lora_hashes = _lora_hashes(library, specs) if req.add_lora_hashes else {}
 
     cond = conditioning.encode_prompts(pipe, model.arch, text, negative_text, clip_skip=int(req.clip_skip))
     factor = vae_scale_factor(pipe)

@@ -165,6 +165,7 @@ class Txt2ImgHandlers:
         try:
             fields = request_fields(prompt, negative, sampler, schedule, steps, cfg, width, height, seed,
                                     batch_size, batch_count, clip_skip)
+            fields["add_lora_hashes"] = bool(getattr(self.ctx.settings, "add_lora_hashes_to_infotext", True))
             request = self.request_factory(**fields)
         except (ValueError, TypeError) as exc:
             notify.warn(f"Not generated: {exc}")

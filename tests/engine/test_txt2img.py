@@ -203,6 +203,13 @@ def test_lora_tags_go_library_to_manager_and_are_removed_before_encoding(sd1_mod
     assert 'Lora hashes: "style: 0123456789ab"' in r.infotexts[0]
 
 
+def test_lora_hashes_left_out_of_infotext_when_switched_off(sd1_model, tmp_path):
+    lib, loras = FakeLibrary(tmp_path / "style.safetensors"), FakeLoras()
+    r = generate(sd1_model, req(prompt="a red circle <lora:style:0.7>", add_lora_hashes=False), library=lib, loras=loras)
+    assert "Lora hashes" not in r.infotexts[0]
+    assert "<lora:style:0.7>" in r.infotexts[0]  # the tag itself stays in the prompt, as in A1111
+
+
 def test_no_tags_clears_loras(sd1_model):
     loras = FakeLoras()
     generate(sd1_model, req(), library=None, loras=loras)

@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image
 
+from lora_ui.engine.txt2img import Txt2ImgRequest
+
 
 @dataclass
 class FakeEntry:
@@ -174,21 +176,8 @@ class FakeCtx:
     worker: Any
 
 
-@dataclass
-class FakeRequest:
-    prompt: str = ""
-    negative_prompt: str = ""
-    sampler: str = "Euler a"
-    scheduler: str = "Automatic"
-    steps: int = 20
-    cfg_scale: float = 7.0
-    width: int | None = None
-    height: int | None = None
-    seed: int = -1
-    batch_size: int = 1
-    batch_count: int = 1
-    clip_skip: int = 1
-    save_images: bool = True
+# Handlers build the core's real request object (a plain dataclass, no model needed).
+FakeRequest = Txt2ImgRequest
 
 
 def make_ctx(tmp_path: Path, arch: str = "sd1", worker: Any = None) -> FakeCtx:
