@@ -15,6 +15,11 @@ from operator import gt, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+try:  # optional accelerator (installed with gradio): parses big headers ~2x faster than the json module
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the stdlib path below gives the same results
+    _orjson = None
+
 __all__ = ["SafetensorsHeaderError", "SafetensorsHeader", "TensorInfo", "read_header", "parse_header",
            "MAX_HEADER_BYTES"]
 
@@ -90,21 +95,18 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
                            "the file is truncated or not safetensors")
     if len(header_bytes) < size:
         raise _fail(label, f"header is truncated (expected {size} bytes, got {len(header_bytes)})")
+    body = header_bytes if len(header_bytes) == size else header_bytes[:size]
+    data_size = file_size - 8 - size if file_size is not None else None
+    fast = _parse_fast(body, data_size)
+    if fast is not None:
+        return SafetensorsHeader(fast[0], fast[1], size)
+    # The reference path (stdlib json): gives every error message, and decides every header the fast
+    # path did not accept, so the result never depends on whether orjson is installed.
     try:
-        text = header_bytes[:size].decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(label, f"header is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    # A header is thousands of small dicts and lists without reference cycles: pausing the cyclic GC
-    # while parsing stops it from re-scanning them again and again (2-3x faster on big headers).
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise _fail(label, f"header is not valid JSON ({str(exc)[:120]})") from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    raw = _loads_without_gc(text, label)
     if not isinstance(raw, dict):
         raise _fail(label, f"header is a JSON {type(raw).__name__}, expected an object")
     metadata_raw = raw.pop("__metadata__", None)
@@ -117,10 +119,51 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
                 raise _fail(label, f"__metadata__ value of {key!r} is a JSON {type(value).__name__}, "
                                    "but safetensors metadata values must be strings")
             metadata[key] = value
-    data_size = file_size - 8 - size if file_size is not None else None
     if not _entries_valid(raw, data_size):
         _raise_first_bad_entry(label, raw, data_size)
     return SafetensorsHeader(raw, metadata, size)
+
+
+def _loads_without_gc(text: str, label: str) -> Any:
+    # A header is thousands of small dicts and lists without reference cycles: pausing the cyclic GC
+    # while parsing stops it from re-scanning them again and again (2-3x faster on big headers).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _fail(label, f"header is not valid JSON ({str(exc)[:120]})") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _parse_fast(body: bytes, data_size: int | None) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """(tensor entries, metadata) when orjson parses `body` into a valid header, else None (no orjson,
+    not JSON, or anything unusual). orjson differs from the json module only in what it refuses
+    (lone surrogates, NaN, nesting over 1024) and in turning integers beyond 64 bits into floats;
+    floats never pass the checks here, so every header accepted here parses the same with json."""
+    if _orjson is None:
+        return None
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        raw = _orjson.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if type(raw) is not dict:
+        return None
+    metadata = raw.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif type(metadata) is not dict or set(map(type, metadata.values())) - {str}:
+        return None
+    if not _entries_valid(raw, data_size):
+        return None
+    return raw, metadata
 
 
 def _entries_valid(raw: dict[str, Any], data_size: int | None) -> bool:
