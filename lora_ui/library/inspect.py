@@ -5,7 +5,6 @@ No tensor is read and torch is not imported: listing thousands of files stays fa
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -39,11 +38,15 @@ _LORA_UP = ("lora_up.weight", "lora_B.weight", "lora.up.weight")
 # Names of resnet / conv layers (LoCon targets) in every key convention.
 _CONV_MARKERS = ("resnets", "in_layers", "out_layers", "emb_layers", "skip_connection", "downsamplers",
                  "upsamplers", "conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "_op\n", ".op\n")
-_TE_LINE = re.compile(r"^(?:lora_te|lycoris_te|text_encoder|te_|te1|te2|oft_te)[^\n]*$", re.MULTILINE)
-_SDXL_LDM_NAME = re.compile(r"(input_blocks|output_blocks|middle_block)")
-_SD1_DIFFUSERS_NAME = re.compile(r"(down_blocks|up_blocks|mid_block|^lora_te_|^text_encoder\.|^oft_te_|^lycoris_te_)",
-                                 re.MULTILINE)
-_SD1_LDM_LEVEL0_ATTN = re.compile(r"input_blocks_[12]_1_|input_blocks\.[12]\.1\.")
+_TE_PREFIXES = ("lora_te", "lycoris_te", "text_encoder", "te_", "te1", "te2", "oft_te")
+# Name tests for detect_arch, as plain substrings of the newline-joined module names (C-speed `in`);
+# "\n" + a prefix means "a module name starts with it".
+_SDXL_LDM_NAMES = ("input_blocks", "output_blocks", "middle_block")
+_SD1_DIFFUSERS_NAMES = ("down_blocks", "up_blocks", "mid_block", "\nlora_te_", "\ntext_encoder.", "\noft_te_",
+                        "\nlycoris_te_")
+_SD1_LDM_LEVEL0_ATTN_NAMES = ("input_blocks_1_1_", "input_blocks_2_1_", "input_blocks.1.1.", "input_blocks.2.1.")
+_TE2_STARTS = ("\nlora_te2_", "\ntext_encoder_2.", "\nlycoris_te2_", "\nte2.")
+_TE1_STARTS = ("\nlora_te1_",)
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -130,15 +133,18 @@ def _most_common(values: list[int]) -> int | None:
     return max(counts, key=lambda v: (counts[v], v))
 
 
-_ATTN2_KV_LINE = re.compile(r"^[^\n]*attn2[^\n]*to_[kv][^\n]*$", re.MULTILINE)
-_TE2_LINE = re.compile(r"^(?:lora_te2_|text_encoder_2\.|lycoris_te2_|te2\.)", re.MULTILINE)
-_TE1_LINE = re.compile(r"^lora_te1_", re.MULTILINE)
+def _contains_any(text: str, needles: tuple[str, ...]) -> bool:
+    return any(needle in text for needle in needles)
 
 
 def _context_dim(modules: Mapping[str, Mapping[str, Any]], joined: str) -> int | None:
     """Cross-attention context width from an attn2 to_k/to_v down weight: 768 SD1, 1024 SD2, 2048 SDXL."""
-    for match in _ATTN2_KV_LINE.finditer(joined):
-        parts = modules[match.group(0)]
+    if "attn2" not in joined:
+        return None
+    for module, parts in modules.items():
+        at = module.find("attn2")
+        if at < 0 or ("to_k" not in module[at + 5:] and "to_v" not in module[at + 5:]):
+            continue
         down = next((parts[p] for p in _LORA_DOWN if p in parts), None) or parts.get("hada_w1_b")
         if down is not None and len(down["shape"]) >= 2:
             return down["shape"][1]
@@ -166,22 +172,22 @@ def detect_arch(metadata: Mapping[str, str], modules: Mapping[str, Mapping[str, 
         return "SD2"
     if spec.startswith("stable-diffusion-v1"):
         return "SD1"
-    joined = "\n".join(modules)  # one C-speed regex pass per question instead of a Python loop
+    joined = "\n" + "\n".join(modules)  # one C-speed substring search per question instead of a Python loop
     context = _context_dim(modules, joined)
     by_width = {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(context) if context is not None else None
     if by_width:
         return by_width
-    if _TE2_LINE.search(joined):
+    if _contains_any(joined, _TE2_STARTS):
         return "SDXL"
-    if _SDXL_LDM_NAME.search(joined):
-        if _SD1_LDM_LEVEL0_ATTN.search(joined):
+    if _contains_any(joined, _SDXL_LDM_NAMES):
+        if _contains_any(joined, _SD1_LDM_LEVEL0_ATTN_NAMES):
             return "SD1"  # SD1 LDM names: attention at level 0, which SDXL does not have
         return "SDXL"
-    if _TE1_LINE.search(joined):
+    if _contains_any(joined, _TE1_STARTS):
         return "SDXL"
     if base.startswith("sd_v1") or any(k.startswith("ss_") for k in metadata):
         return "SD1"
-    if _SD1_DIFFUSERS_NAME.search(joined):
+    if _contains_any(joined, _SD1_DIFFUSERS_NAMES):
         return "SD1"  # diffusers UNet names / single text encoder: SD1 (or SD2, which names cannot tell)
     return "Unknown"
 
@@ -220,8 +226,6 @@ def summarize_header(header: SafetensorsHeader) -> FileSummary:
     conv_ranks: list[int] = []
     any_conv = False
     dora = False
-    joined = "\n".join(modules)
-    te_named = set(_TE_LINE.findall(joined))
     te_modules = 0
     lora_modules: list[str] = []
     for module, parts in modules.items():
@@ -232,7 +236,7 @@ def summarize_header(header: SafetensorsHeader) -> FileSummary:
         type_counts[kind] += 1
         if "dora_scale" in parts or "lora_magnitude_vector" in parts or "lora_magnitude_vector.weight" in parts:
             dora = True
-        if module in te_named:
+        if module.startswith(_TE_PREFIXES):
             te_modules += 1
         if kind == "LoRA":
             lora_modules.append(module)
