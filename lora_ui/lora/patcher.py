@@ -13,6 +13,7 @@ Two execution modes per layer:
 """
 from __future__ import annotations
 
+import mmap
 import threading
 from dataclasses import dataclass
 
@@ -132,13 +133,12 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution],
             alpha = factors.scale * c.multiplier
             if current is None:
                 base = weight.reshape(weight.shape[0], -1)
-                base = base.float() if base.dtype != torch.float32 else base
-                if fp32_out is not None:
-                    # copy + in-place GEMM accumulate: cheaper than addmm(out=) (no W-sized temporary)
-                    fp32_out.view(weight.shape[0], -1).copy_(base).addmm_(up, down, alpha=alpha)
-                    current = fp32_out
+                if base.dtype == torch.float32:
+                    # One pass from W straight into the shadow (a reused one, else fresh memory).
+                    current = fp32_out if fp32_out is not None else fresh_like(weight)
+                    torch.addmm(base, up, down, alpha=alpha, out=current.view(weight.shape[0], -1))
                 else:
-                    current = torch.addmm(base, up, down, alpha=alpha).reshape(weight.shape)
+                    current = torch.addmm(base.float(), up, down, alpha=alpha).reshape(weight.shape)
             else:
                 current.view(weight.shape[0], -1).addmm_(up, down, alpha=alpha)
             continue
@@ -164,6 +164,21 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution],
     if out is not None:
         return out.copy_(current), new_bias  # the one rounding to the model dtype
     return current.to(weight.dtype), new_bias
+
+
+def fresh_like(weight: Tensor) -> Tensor:
+    """An uninitialised tensor like `weight` (contiguous). On Linux CPUs its pages are mapped in
+    one kernel call (MAP_POPULATE) instead of one page fault per 4 KiB on first write: a fast
+    apply writes ~1.3 GB of new shadows for SD1.5, and mapping those pages costs ~0.5 s with
+    populate vs ~0.7 s by faults on this CPU. The memory is returned when the tensor dies."""
+    nbytes = weight.numel() * weight.element_size()
+    if weight.device.type != "cpu" or nbytes < POPULATE_MIN_BYTES or not hasattr(mmap, "MAP_POPULATE"):
+        return torch.empty_like(weight, memory_format=torch.contiguous_format)
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return torch.frombuffer(buffer, dtype=weight.dtype).view(weight.shape)  # the tensor keeps `buffer` alive
+
+
+POPULATE_MIN_BYTES = 1 << 20  # smaller shadows come from torch's allocator (often reused heap memory)
 
 
 def _shadow_forward(module: nn.Module, patch: LayerPatch):
