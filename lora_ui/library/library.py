@@ -574,7 +574,10 @@ class LoraLibrary:
             try:
                 context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
                 with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                    records = list(pool.map(read_file_record, jobs, chunksize=max(8, len(jobs) // (workers * 8))))
+                    # small chunks (~0.1 s of work each): when the queue runs dry, one worker no longer
+                    # finishes a big last chunk alone while the other waits
+                    chunk = max(8, min(32, len(jobs) // (workers * 8)))
+                    records = list(pool.map(read_file_record, jobs, chunksize=chunk))
                 return {job[0]: record for job, record in zip(jobs, records)}
             except (OSError, RuntimeError, BrokenProcessPool) as exc:
                 report.warnings.append(f"parallel header reading failed ({exc}); reading in this process")
