@@ -206,16 +206,26 @@ def summarize_header(header: SafetensorsHeader) -> FileSummary:
     embeddings: set[str] = set()
     unmatched = 0
     known, kohya = _KNOWN_PARTS, _KOHYA_PREFIXES
+    kohya_groups: dict[str, dict[str, dict[str, Any]]] = {}  # the groups of kohya/LyCORIS modules seen so far
     for key, info in header.raw_tensors.items():
         module, _, part = key.partition(".")
-        if not (part in known and module.startswith(kohya)):  # fast path: kohya/LyCORIS key layout
-            if key.startswith("bundle_emb."):
-                embeddings.add(key.split(".")[1])
+        if part in known:
+            group = kohya_groups.get(module)
+            if group is not None:  # fast path: another part of a kohya/LyCORIS module
+                group[part] = info
                 continue
-            module, part = split_key(key)
-            if not part:
-                unmatched += 1
+            if module.startswith(kohya):
+                kohya_groups[module] = modules[module] = {part: info}
                 continue
+        if key.startswith("bundle_emb."):
+            embeddings.add(key.split(".")[1])
+            continue
+        # other layouts (PEFT / diffusers dotted names...); split_key never returns a kohya module name
+        # here (kohya keys reaching it have an unknown part and come back unmatched)
+        module, part = split_key(key)
+        if not part:
+            unmatched += 1
+            continue
         group = modules.get(module)
         if group is None:
             modules[module] = {part: info}
