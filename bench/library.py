@@ -176,8 +176,9 @@ def main() -> None:
             f"- Generation took {gen_seconds:.1f} s (not part of any timing).",
             "",
             f"Machine load average (1 min) when the cold scan started: {load_before:.1f} on {os.cpu_count()} CPUs "
-            "(other engineers' tests and a training job share them), so wall times are inflated; CPU seconds "
-            "(this process plus its header-reading worker processes) show the work itself.",
+            + ("(other engineers' tests and a training job share them), so wall times are inflated; "
+               if load_before >= 0.5 else "(nearly idle; other engineers' jobs share the CPUs at other times); ")
+            + "CPU seconds (this process plus its header-reading worker processes) show the work itself.",
             "",
             "| measurement | wall seconds | CPU seconds | target (wall) |",
             "|---|---|---|---|",
