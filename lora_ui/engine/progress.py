@@ -166,8 +166,10 @@ class ProgressTracker:
             self._state = _replace(self._state, queue_size=n)
 
     def end_job(self, queue_size: int = 0) -> None:
+        """Back to idle. `interrupted` stays set until the next job begins, as in A1111's
+        `shared.state`, so a client polling /progress after the render still sees why it ended."""
         with self._lock:
-            self._state = ProgressState(queue_size=queue_size)
+            self._state = ProgressState(queue_size=queue_size, interrupted=self._state.interrupted)
             self._preview_rgb = None
             self._preview_png = None
 

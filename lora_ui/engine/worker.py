@@ -273,7 +273,7 @@ class Worker:
             if current is None or (job_id is not None and job_id != current):
                 return False
             self._interrupt_job_id = current
-        self._progress.mark_interrupted()
+            self._progress.mark_interrupted()  # under the lock: the job cannot end in between
         return True
 
     def skip(self) -> bool:
@@ -329,7 +329,7 @@ class Worker:
             self._current_job_id = job_id
             self._interrupt_job_id = None
             self._skip_job_id = None
-        self._progress.begin_job(job_id, item.future.kind, item.job_count, queue_size=self._queue.qsize())
+            self._progress.begin_job(job_id, item.future.kind, item.job_count, queue_size=self._queue.qsize())
         result: Any = None
         error: BaseException | None = None
         try:

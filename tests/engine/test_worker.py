@@ -386,3 +386,14 @@ def test_tracker_preview_is_small_and_job_count_grows():
     assert tracker.snapshot().job_count == 2
     tracker.end_job()
     assert tracker.snapshot().job_id is None
+
+
+def test_tracker_interrupted_flag_outlives_the_job_until_the_next_begins():
+    tracker = ProgressTracker()
+    tracker.begin_job("a", "txt2img")
+    tracker.mark_interrupted()
+    tracker.end_job()
+    idle = tracker.snapshot()
+    assert idle.job_id is None and idle.interrupted is True
+    tracker.begin_job("b", "txt2img")
+    assert tracker.snapshot().interrupted is False
