@@ -366,6 +366,7 @@ class Worker:
             model = self._model_provider()
             if model is not self._model:
                 self._model = model
+                self._close_loras()
                 self._loras = None  # another pipeline: its own, empty LoRA manager
         assert self._model is not None
         return self._model
@@ -374,8 +375,18 @@ class Worker:
         assert self._switch_model is not None
         new_model = self._switch_model(ref)  # raises and keeps the old model on failure
         self._model = new_model
+        self._close_loras()
         self._loras = None  # a new pipeline: a fresh manager, no LoRAs applied
         return new_model
+
+    def _close_loras(self) -> None:
+        """The old pipeline is going away: give its LoRA manager's pooled memory back now."""
+        close = getattr(self._loras, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - the manager is dropped either way
+                log.warning("closing the old LoRA manager failed: %s", exc)
 
     def _reset_loras_after_failure(self) -> None:
         """After a failed job, unload all LoRAs so the next job starts from the plain model."""

@@ -4,6 +4,7 @@
     report = manager.set_loras([LoraSpec(path, "name", te=0.8, unet=0.6, lbw="INALL")])
     manager.on_step(i, total)                        # before denoising step i (0-based): start/stop
     manager.clear()                                  # exact unload
+    manager.close()                                  # unload and give pooled memory back
 
 Order of work in `set_loras`: validate the specs; get each file's parsed network (the active set
 and an LRU cache, bounded by bytes, are consulted first: a weight change reads no file); compute
@@ -122,14 +123,15 @@ def _available_cpu_bytes() -> int | None:
 class LoraManager:
     """One per loaded pipeline. See the module docstring."""
 
-    def __init__(self, pipe, *, mode: str = "auto", allow_pickle: bool = False, cache_bytes: int | None = None):
+    def __init__(self, pipe, *, mode: str = "auto", allow_pickle: bool = False, cache_bytes: int | None = None,
+                 keep_shadows_seconds: float = 120.0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.pipe = pipe
         self.mode = mode
         self.allow_pickle = allow_pickle
         self.keymap: KeyMap = build_keymap(pipe)
-        self.patcher = Patcher()
+        self.patcher = Patcher(keep_shadows_seconds)  # freed CPU shadows are reused for that long
         self.cache = _NetworkCache(DEFAULT_CACHE_BYTES if cache_bytes is None else int(cache_bytes))
         self.embeddings = EmbeddingSet(pipe)
         self.active: list[_Active] = []
@@ -191,6 +193,11 @@ class LoraManager:
         self.embeddings.commit(self.embeddings.plan({}))
         self.active = []
         self.step = 0
+
+    def close(self) -> None:
+        """Unload, and return pooled shadow memory at once (the pipeline is being replaced)."""
+        self.clear()
+        self.patcher.pool.release()
 
     def on_step(self, step: int, total: int) -> None:
         """Call before denoising step `step` (0-based) of `total`: switches scheduled LoRAs on/off.
@@ -306,6 +313,8 @@ class LoraManager:
             free, _ = torch.cuda.mem_get_info(device)
             return FAST if free > needed * 1.25 else LOWMEM
         available = _available_cpu_bytes()
+        if available is not None:
+            available += self.patcher.pool.nbytes  # pooled shadows are taken, not allocated anew
         if available is not None and available < needed * 1.25:
             return LOWMEM
         return FAST

@@ -10,11 +10,15 @@ Two execution modes per layer:
   are stacked in order, each ΔW computed against the weight already holding the earlier ones.
 - low-memory: for plain LoRA the branch ``scale·m·up(down(x))`` is added in forward (no W-sized
   copy); a layer with any other type (or DoRA) falls back to a shadow weight for that layer.
+
+On the CPU, shadows freed by an unload or a swap go to a `ShadowPool` for a while and are reused
+by the next apply on the same layers (see there for why).
 """
 from __future__ import annotations
 
 import mmap
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -67,8 +71,9 @@ class LayerPatch:
 
     # ---- building ------------------------------------------------------------------------------
 
-    def build(self, contributions: list[Contribution], mode: str) -> None:
-        """Compute the new state (shadow or branches) without installing it. Raises on bad math."""
+    def build(self, contributions: list[Contribution], mode: str, pooled: "Pooled | None" = None) -> None:
+        """Compute the new state (shadow or branches) without installing it. Raises on bad math.
+        pooled: a buffer of this layer's shape to write the shadow into instead of fresh memory."""
         weight = self.module.weight
         branches = []
         if mode == LOWMEM:
@@ -81,7 +86,8 @@ class LayerPatch:
         if mode == LOWMEM and branches is not None:
             self.shadow_weight, self.shadow_bias, self.branches, self.mode = None, None, branches, LOWMEM
         else:
-            self.shadow_weight, self.shadow_bias = shadow_weights(self.module, contributions)
+            out, staged = (pooled.buffer, pooled.staged) if pooled is not None else (None, False)
+            self.shadow_weight, self.shadow_bias = shadow_weights(self.module, contributions, out=out, staged=staged)
             self.branches, self.mode = [], FAST
         self.signature = tuple(c.signature() for c in contributions) + (mode,)
         self.contributions = contributions  # keeps the modules alive, so signature ids stay unique
@@ -111,17 +117,21 @@ class LayerPatch:
 
 
 def shadow_weights(module: nn.Module, contributions: list[Contribution],
-                   out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                   out: Tensor | None = None, staged: bool = False) -> tuple[Tensor, Tensor | None]:
     """(W', b') = the layer's weight/bias with all contributions stacked in order, fp32 math,
     rounded once to the weight's dtype. b' is None when no contribution changes the bias.
 
     out: an old shadow (weight-shaped, weight dtype) to write W' into instead of a new tensor (a
     weight change then neither allocates nor frees W-sized memory). For fp32 weights it is the
     accumulator itself; otherwise an fp32 temporary is rounded into it once.
+    staged: `out` already holds an exact copy of W (a re-staged pooled buffer), so for fp32 weights
+    the first contribution is added in place (`addmm_`: the same gemm with beta=1 as `addmm(W, out=)`,
+    bit-identical) and W is not read again.
     """
     weight = module.weight.detach()
     bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
     fp32_out = out if (out is not None and out.dtype == torch.float32) else None
+    staged = staged and fp32_out is not None
     current: Tensor | None = None  # fp32 accumulator, created lazily by the first contribution
     bias32: Tensor | None = None
     for c in contributions:
@@ -133,7 +143,10 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution],
             alpha = factors.scale * c.multiplier
             if current is None:
                 base = weight.reshape(weight.shape[0], -1)
-                if base.dtype == torch.float32:
+                if base.dtype == torch.float32 and staged:
+                    current = fp32_out  # == W already: one in-place pass, as a merge into W would be
+                    current.view(weight.shape[0], -1).addmm_(up, down, alpha=alpha)
+                elif base.dtype == torch.float32:
                     # One pass from W straight into the shadow (a reused one, else fresh memory).
                     current = fp32_out if fp32_out is not None else fresh_like(weight)
                     torch.addmm(base, up, down, alpha=alpha, out=current.view(weight.shape[0], -1))
@@ -146,7 +159,7 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution],
         delta_w, delta_b = c.module.delta(orig, c.multiplier, c.dyn)
         if current is None:
             if fp32_out is not None:
-                current = fp32_out.copy_(weight)
+                current = fp32_out if staged else fp32_out.copy_(weight)
             else:
                 current = weight.float() if weight.dtype != torch.float32 else weight.clone()
         current += delta_w.reshape(weight.shape)
@@ -204,16 +217,26 @@ def _shadow_forward(module: nn.Module, patch: LayerPatch):
 
 
 def _branch_forward(module: nn.Module, patch: LayerPatch, base_forward):
-    """A forward adding Σ up(mid(down(x))) to the layer's own output (plain LoRA, low-memory mode)."""
+    """A forward adding Σ up(mid(down(x))) to the layer's own output (plain LoRA, low-memory mode).
+
+    In inference (no grad) the branch is accumulated into the base output in place (`addmm_` /
+    `baddbmm_`, no output-sized temporaries): the LoRA then costs its two small matmuls only.
+    """
     if isinstance(module, nn.Linear):
         def forward(x: Tensor) -> Tensor:
             out = base_forward(x)
+            in_place = not torch.is_grad_enabled() and out.is_contiguous()
             for down, _mid, up in patch.branches:
-                out = out + F.linear(F.linear(x, down), up)
+                h = F.linear(x, down)  # (..., r)
+                if in_place:
+                    out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())
+                else:
+                    out = out + F.linear(h, up)
             return out
     elif isinstance(module, nn.Conv2d):
         def forward(x: Tensor) -> Tensor:
             out = base_forward(x)
+            in_place = not torch.is_grad_enabled() and out.is_contiguous()
             for down, mid, up in patch.branches:
                 if mid is None:
                     # down carries the layer's kernel (or is 1x1 on a 1x1 layer): same geometry.
@@ -221,7 +244,15 @@ def _branch_forward(module: nn.Module, patch: LayerPatch, base_forward):
                 else:
                     h = F.conv2d(x, down)
                     h = F.conv2d(h, mid, None, module.stride, module.padding, module.dilation)
-                out = out + F.conv2d(h, up)
+                if in_place and up.shape[2:] == (1, 1) and h.shape[2:] == out.shape[2:] and out.dim() == 4:
+                    # (B, C, HW) += (C, r) @ (B, r, HW): the 1x1 `up` conv as a batched in-place matmul
+                    b, r = h.shape[0], h.shape[1]
+                    out.view(b, out.shape[1], -1).baddbmm_(up.view(up.shape[0], r).expand(b, -1, -1),
+                                                           h.reshape(b, r, -1))
+                elif in_place:
+                    out.add_(F.conv2d(h, up))
+                else:
+                    out = out + F.conv2d(h, up)
             return out
     else:
         raise TypeError(f"low-memory branches patch Linear/Conv2d, not {type(module).__name__}")
@@ -244,6 +275,114 @@ def _release_later(tensors: list[Tensor]) -> None:
     threading.Thread(target=tensors.clear, name="lora-release", daemon=True).start()
 
 
+@dataclass(eq=False)
+class Pooled:
+    """A shadow buffer of one layer, kept after its patch went away. staged: it equals W exactly."""
+
+    buffer: Tensor
+    module_ref: weakref.ref
+    staged: bool = False
+
+
+class ShadowPool:
+    """Shadow buffers of layers that were unpatched or swapped, kept a while for the same layers.
+
+    Why: on the CPU most of a first fast apply is not math but fresh memory. A shadow set for SD1.5
+    is ~1.3 GB, and mapping that many new pages costs more than the addmm pass itself; writing into
+    memory that is mapped but not in cache still costs a read per line. So freed shadows are kept,
+    and a background thread re-stages each to an exact copy of its layer's W (idle time, right after
+    the unload). The next apply on that layer is then one in-place `addmm_` into mapped memory: the
+    same work as merging into W, and bit-identical to a shadow built from scratch. Buffers not taken
+    within `keep_seconds` go back to the OS. Only CPU buffers are pooled: CUDA and MPS have caching
+    allocators of their own, and their memory is better given back to the next generation.
+    """
+
+    def __init__(self, keep_seconds: float = 120.0):
+        self.keep_seconds = keep_seconds
+        self._lock = threading.Lock()
+        self._entries: dict[str, Pooled] = {}
+        self._generation = 0
+        self._stager: threading.Thread | None = None
+
+    def put(self, items: list[tuple[str, nn.Module, Tensor]]) -> list[Tensor]:
+        """Keep the buffers that fit their layer (CPU, same shape and dtype as its weight) and start
+        re-staging them; returns the ones not kept."""
+        rejected: list[Tensor] = []
+        if self.keep_seconds <= 0:
+            return [t for _, _, t in items]
+        with self._lock:
+            for target_id, module, buffer in items:
+                weight = module.weight
+                if (buffer.device.type != "cpu" or buffer.shape != weight.shape or buffer.dtype != weight.dtype
+                        or buffer is weight or target_id in self._entries):
+                    rejected.append(buffer)
+                    continue
+                self._entries[target_id] = Pooled(buffer, weakref.ref(module))
+            if not self._entries:
+                return rejected
+            self._generation += 1
+            generation = self._generation
+        self._start_staging()
+        timer = threading.Timer(self.keep_seconds, self._expire, args=(generation,))
+        timer.daemon = True
+        timer.start()
+        return rejected
+
+    def take(self, target_id: str, module: nn.Module) -> Pooled | None:
+        """The pooled buffer of this layer (staged or not yet), removed from the pool; None if none."""
+        with self._lock:  # the stager copies under this lock: at most one layer's copy to wait for
+            entry = self._entries.pop(target_id, None)
+        if entry is None or entry.module_ref() is not module or entry.buffer.shape != module.weight.shape:
+            return None
+        return entry
+
+    def wait_staged(self, timeout: float | None = None) -> None:
+        """Block until the background re-staging is done (tests, benchmarks)."""
+        stager = self._stager
+        if stager is not None:
+            stager.join(timeout)
+
+    def release(self, wait: bool = False) -> None:
+        """Return every pooled buffer to the OS now (on a background thread unless `wait`)."""
+        with self._lock:
+            buffers = [e.buffer for e in self._entries.values()]
+            self._entries.clear()
+            self._generation += 1
+        if wait:
+            buffers.clear()
+        else:
+            _release_later(buffers)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(e.buffer.numel() * e.buffer.element_size() for e in self._entries.values())
+
+    def _start_staging(self) -> None:
+        if self._stager is not None and self._stager.is_alive():
+            return  # the running stager picks up the new entries too
+        self._stager = threading.Thread(target=self._stage_all, name="lora-shadow-stage", daemon=True)
+        self._stager.start()
+
+    def _stage_all(self) -> None:
+        while True:
+            with self._lock:
+                entry = next((e for e in self._entries.values() if not e.staged), None)
+                if entry is None:
+                    return
+                module = entry.module_ref()
+                if module is not None:
+                    with torch.no_grad():
+                        entry.buffer.copy_(module.weight)
+                entry.staged = True
+
+    def _expire(self, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # buffers came or went since: a later timer owns the pool
+        self.release()
+
+
 class LayerBuildError(Exception):
     """Computing a layer's new weights failed (shape/dtype problem in a network module)."""
 
@@ -257,8 +396,9 @@ class LayerBuildError(Exception):
 class Patcher:
     """All patched layers of one pipeline, keyed by target id."""
 
-    def __init__(self):
+    def __init__(self, keep_shadows_seconds: float = 120.0):
         self.layers: dict[str, LayerPatch] = {}
+        self.pool = ShadowPool(keep_shadows_seconds)
 
     def plan(self, wanted: dict[str, tuple[nn.Module, list[Contribution]]], mode: str) -> dict[str, object]:
         """Build the new state of every layer whose contributions changed, without touching any
@@ -281,8 +421,9 @@ class Patcher:
                 changes[target_id] = _InPlace(contributions, signature)
                 continue
             patch = LayerPatch(module)
+            pooled = self.pool.take(target_id, module) if mode == FAST else None
             try:
-                patch.build(contributions, mode)
+                patch.build(contributions, mode, pooled)
             except Exception as e:  # noqa: BLE001 - re-raised with the layer and its sources named
                 raise LayerBuildError(target_id, contributions, e) from e
             changes[target_id] = patch
@@ -292,9 +433,10 @@ class Patcher:
         return changes
 
     def commit(self, changes: dict[str, object]) -> None:
-        """Install planned changes; freed shadows are released on a background thread so that an
-        unload returns at once (the memory goes back to the OS a moment later)."""
+        """Install planned changes. Freed shadows go to the pool (CPU) or are released on a
+        background thread, so that an unload returns at once."""
         garbage: list[Tensor] = []
+        freed: list[tuple[str, nn.Module, Tensor]] = []
         for target_id, change in changes.items():
             if isinstance(change, _InPlace):
                 patch = self.layers[target_id]
@@ -305,22 +447,37 @@ class Patcher:
                 continue
             old = self.layers.pop(target_id, None)
             if old is not None:
-                garbage += [t for t in (old.shadow_weight, old.shadow_bias) if t is not None]
+                _collect_freed(target_id, old, freed, garbage)
                 old.uninstall()
             if change is not None:
                 change.install()
                 self.layers[target_id] = change
-        _release_later(garbage)
+        _release_later(garbage + self.pool.put(freed))
 
     def clear(self) -> None:
         garbage: list[Tensor] = []
-        for patch in self.layers.values():
-            garbage += [t for t in (patch.shadow_weight, patch.shadow_bias) if t is not None]
+        freed: list[tuple[str, nn.Module, Tensor]] = []
+        for target_id, patch in self.layers.items():
+            _collect_freed(target_id, patch, freed, garbage)
             patch.uninstall()
         self.layers.clear()
-        _release_later(garbage)
+        _release_later(garbage + self.pool.put(freed))
+
+    def close(self) -> None:
+        """Unpatch everything and give every buffer back (the pipeline is going away)."""
+        self.clear()
+        self.pool.release()
 
     @property
     def shadow_bytes(self) -> int:
+        """Bytes of the installed shadows (the pool's are `pool.nbytes`)."""
         return sum(p.shadow_weight.numel() * p.shadow_weight.element_size()
                    for p in self.layers.values() if p.shadow_weight is not None)
+
+
+def _collect_freed(target_id: str, patch: LayerPatch, freed: list, garbage: list) -> None:
+    """Sort an outgoing patch's tensors: its own shadow weight may be pooled, the rest is garbage."""
+    if patch.shadow_weight is not None and patch.shadow_weight is not patch.module.weight:
+        freed.append((target_id, patch.module, patch.shadow_weight))
+    if patch.shadow_bias is not None:
+        garbage.append(patch.shadow_bias)

@@ -64,6 +64,10 @@ class FakeLoraManager:
         self.calls.append(("clear",))
         self.active = ()
 
+    def close(self):
+        self.calls.append(("close",))
+        self.active = ()
+
 
 class FakeLibrary:
     KNOWN = ("a", "b", "c")
@@ -280,6 +284,8 @@ def test_switch_model_replaces_model_and_manager_and_failure_keeps_the_old():
         worker.txt2img(FakeRequest(prompt="<lora:b:1>")).result(10)
         assert [c[0] for c in gen.calls] == ["m1", "m1", "m2"]
         assert len(managers) == 2 and managers[1].pipe is loaded["m2"].pipe
+        assert managers[0].calls[-1] == ("close",)  # the old pipeline's pooled memory is given back
+        assert ("close",) not in managers[1].calls
     finally:
         worker.shutdown()
 
