@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--unet-steps", type=int)
     p_train.add_argument("--ema-decay", type=float)
     p_train.add_argument("--unet-lr", type=float, help="peak learning rate of the UNet (the text encoder's is half)")
+    p_train.add_argument("--offset-noise", type=float, help="offset-noise strength (e.g. 0.1; default 0)")
     p_train.add_argument("--threads", type=int, default=1)
     p_export = sub.add_parser("export", help="save the EMA model of the latest checkpoint to models/")
     p_export.add_argument("--work-dir", type=Path, default=paths.WORK_DIR)
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.unet_steps = args.unet_steps
         if args.ema_decay:
             cfg.ema_decay = args.ema_decay
+        if args.offset_noise is not None:
+            cfg.offset_noise = args.offset_noise
         if args.unet_lr:
             cfg.unet_lr, cfg.te_lr = args.unet_lr, args.unet_lr / 2
         train(args.work_dir, args.out, cfg)

@@ -49,6 +49,10 @@ class TrainConfig:
     warmup: int = 100
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
+    # Offset noise (Crosslabs): a per-channel constant added to the noise lets the model move an
+    # image's mean colour, which plain noise at SD1's non-zero terminal SNR hardly teaches; this
+    # world is all flat colours.
+    offset_noise: float = 0.0
     ema_decay: float = 0.998
     latent_pool: int = 12000
     ckpt_every: int = 100
@@ -288,6 +292,8 @@ class DemoTrainer:
         ids = self.encode_tokens(captions)
         torch.manual_seed(cfg.seed * 1000 + step)
         noise = torch.randn_like(latents)
+        if cfg.offset_noise:
+            noise = noise + cfg.offset_noise * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
         t = torch.randint(0, 1000, (len(idx),))
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
