@@ -280,6 +280,14 @@ class DemoTrainer:
             rows.append(self._token_cache[c])
         return torch.stack(rows)
 
+    def training_noise(self, latents: torch.Tensor) -> torch.Tensor:
+        """Gaussian noise like `latents` (n, c, h, w), plus `offset_noise` x one normal draw per
+        (image, channel) when set: the model then learns to move whole-image colour means."""
+        noise = torch.randn_like(latents)
+        if self.cfg.offset_noise:
+            noise = noise + self.cfg.offset_noise * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+        return noise
+
     def unet_step(self, step: int) -> float:
         cfg = self.cfg
         if self._pool is None:
@@ -291,9 +299,7 @@ class DemoTrainer:
         captions = ["" if rng.random() < cfg.caption_dropout else c for c in captions]
         ids = self.encode_tokens(captions)
         torch.manual_seed(cfg.seed * 1000 + step)
-        noise = torch.randn_like(latents)
-        if cfg.offset_noise:
-            noise = noise + cfg.offset_noise * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
+        noise = self.training_noise(latents)
         t = torch.randint(0, 1000, (len(idx),))
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise

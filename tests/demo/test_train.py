@@ -101,3 +101,19 @@ def test_train_on_a_finished_checkpoint_does_no_more_steps(tmp_path, trained):
     before = {k: v.clone() for k, v in again.unet.state_dict().items()}
     again.run()
     assert all(torch.equal(before[k], v) for k, v in again.unet.state_dict().items())
+
+
+def test_offset_noise_moves_whole_channel_means(tmp_path):
+    """Each (image, channel) spatial mean of plain N(0,1) noise over h*w pixels has std 1/sqrt(h*w);
+    offset noise s adds an independent N(0, s^2) per (image, channel): std sqrt(s^2 + 1/(h*w))."""
+    latents = torch.zeros(512, 4, 16, 16)
+    stds = {}
+    for strength in (0.0, 0.1):
+        trainer = DemoTrainer(replace(CFG, offset_noise=strength), tmp_path / str(strength), progress=False)
+        torch.manual_seed(0)
+        noise = trainer.training_noise(latents)
+        assert noise.shape == latents.shape
+        stds[strength] = float(noise.mean(dim=(2, 3)).std())
+        assert abs(float(noise.std()) - (1 + strength ** 2) ** 0.5) < 0.02
+    assert abs(stds[0.0] - 1 / 16) < 0.01
+    assert abs(stds[0.1] - (0.1 ** 2 + 1 / 256) ** 0.5) < 0.01
