@@ -42,7 +42,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_general_steps: int = 150
     vae_general_lr: float = 5e-4
-    unet_steps: int = 3000
+    unet_steps: int = 9000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     te_lr: float = 5e-4
@@ -52,7 +52,7 @@ class TrainConfig:
     # Offset noise (Crosslabs): a per-channel constant added to the noise lets the model move an
     # image's mean colour, which plain noise at SD1's non-zero terminal SNR hardly teaches; this
     # world is all flat colours.
-    offset_noise: float = 0.0
+    offset_noise: float = 0.1
     ema_decay: float = 0.998
     latent_pool: int = 12000
     ckpt_every: int = 100
