@@ -8,6 +8,7 @@ The prompt is the single source of truth. Rows are a fixed pool of `MAX_ROWS` sh
 - a slider `.release` / toggle `.input` -> `rewrite_tag` -> prompt.
 A disabled LoRA leaves the prompt (so the next Generate runs without it) and its tag, as written,
 waits in the per-session `disabled` state until it is enabled again or removed.
+LoRAs beyond the pool get no row; a note under the rows says how many and which.
 """
 from __future__ import annotations
 
@@ -169,9 +170,10 @@ class ActiveLoras:
     rows: list[LoraRow]
     disabled: gr.State
     empty: gr.Markdown
+    overflow: gr.Markdown             # "N more LoRAs in the prompt have no slider ..." (hidden when all fit)
 
     def outputs(self) -> list:
-        return [self.empty] + [c for row in self.rows for c in row.outputs()]
+        return [self.empty] + [c for row in self.rows for c in row.outputs()] + [self.overflow]
 
 
 def _slider_update(value: float, **extra: Any) -> dict:
@@ -179,8 +181,33 @@ def _slider_update(value: float, **extra: Any) -> dict:
     return gr.update(value=value, minimum=min(WEIGHT_MIN, value), maximum=max(WEIGHT_MAX, value), **extra)
 
 
+def _names(rows: list[RowState]) -> str:
+    shown = ", ".join(f"'{r.name}'" for r in rows[:5])
+    return shown + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def overflow_note(rows: list[RowState]) -> str:
+    """"" when every row fits the pool; else which LoRAs got no row and what to do about them."""
+    extra = rows[MAX_ROWS:]
+    in_prompt = [r for r in extra if r.enabled]
+    disabled = [r for r in extra if not r.enabled]
+    notes = []
+    if in_prompt:
+        n = len(in_prompt)
+        notes.append(f"⚠ {n} more LoRA{'s' if n > 1 else ''} in the prompt {'have' if n > 1 else 'has'} no slider: "
+                     f"edit {'their tags' if n > 1 else 'its tag'} in the prompt ({_names(in_prompt)}; "
+                     f"there are {MAX_ROWS} rows).")
+    if disabled:
+        n = len(disabled)
+        notes.append(f"⚠ {n} disabled LoRA{'s' if n > 1 else ''} {'have' if n > 1 else 'has'} no row "
+                     f"({_names(disabled)}): remove a LoRA above to free a row and enable "
+                     f"{'them' if n > 1 else 'it'} again.")
+    return "  \n".join(notes)
+
+
 def row_updates(rows: list[RowState]) -> list:
-    """Updates for `ActiveLoras.outputs()`: the 'no LoRAs' note, then 8 values per pool row."""
+    """Updates for `ActiveLoras.outputs()`: the 'no LoRAs' note, 8 values per pool row, then the note
+    for the LoRAs that got no row (hidden when all fit)."""
     out: list = [gr.update(visible=not rows)]
     for i in range(MAX_ROWS):
         if i >= len(rows):
@@ -199,6 +226,8 @@ def row_updates(rows: list[RowState]) -> list:
             _slider_update(r.unet if r.unet is not None else r.te, visible=r.unet is not None),
             gr.update(value=r.lbw if r.lbw else NO_PRESET),
         ]
+    note = overflow_note(rows)
+    out.append(gr.update(value=note, visible=bool(note)))
     return out
 
 
@@ -225,7 +254,8 @@ def build_active_loras(ctx: Any, prompt: gr.Textbox) -> ActiveLoras:
                                   scale=1, min_width=110)
                 remove = gr.Button("✕", elem_id=f"active_lora_{i}_remove", scale=0, min_width=40)
         rows.append(LoraRow(group, name, label, enabled, weight, split, unet, lbw, remove))
-    active = ActiveLoras(rows, disabled, empty)
+    overflow = gr.Markdown("", visible=False, elem_id="active_loras_overflow")
+    active = ActiveLoras(rows, disabled, empty, overflow)
     handlers = ActiveLoraHandlers(ctx)
 
     prompt.change(handlers.rows, inputs=[prompt, disabled], outputs=active.outputs(), show_progress="hidden")

@@ -105,11 +105,53 @@ def test_remove_takes_out_tag_and_activation_text_and_forgets_disabled(ctx):
     assert disabled == {}
 
 
-def test_rows_beyond_the_pool_are_not_shown_but_do_not_fail(ctx):
-    prompt = " ".join(f"<lora:l{i}:1>" for i in range(al.MAX_ROWS + 2))
+def test_rows_beyond_the_pool_get_no_row_and_a_visible_note(ctx):
+    prompt = " ".join(f"<lora:l{i}:1>" for i in range(al.MAX_ROWS + 3))
     updates = al.ActiveLoraHandlers(ctx).rows(prompt, {})
-    assert len(updates) == 1 + 8 * al.MAX_ROWS
+    assert len(updates) == 1 + 8 * al.MAX_ROWS + 1  # 'no LoRAs' note, the rows, then the overflow note
     assert [row_values(updates, i)[1] for i in range(al.MAX_ROWS)] == [f"l{i}" for i in range(al.MAX_ROWS)]
+    note = updates[-1]
+    assert note["visible"] is True
+    assert note["value"].startswith("⚠ 3 more LoRAs in the prompt have no slider: edit their tags in the prompt")
+    names = [f"'l{i}'" for i in range(al.MAX_ROWS, al.MAX_ROWS + 3)]
+    assert ", ".join(names) in note["value"] and f"'l{al.MAX_ROWS - 1}'" not in note["value"]
+
+
+def test_the_overflow_note_is_hidden_when_every_lora_has_a_row(ctx):
+    prompt = " ".join(f"<lora:l{i}:1>" for i in range(al.MAX_ROWS))
+    note = al.ActiveLoraHandlers(ctx).rows(prompt, {})[-1]
+    assert note == {"__type__": "update", "value": "", "visible": False}
+
+
+def test_the_overflow_note_counts_one_lora_and_disabled_ones_apart(ctx):
+    prompt = " ".join(f"<lora:l{i}:1>" for i in range(al.MAX_ROWS + 1))
+    note = al.ActiveLoraHandlers(ctx).rows(prompt, {"off": "<lora:off:0.5>"})[-1]["value"]
+    first, second = note.split("  \n")
+    assert first.startswith(f"⚠ 1 more LoRA in the prompt has no slider: edit its tag in the prompt ('l{al.MAX_ROWS}'")
+    assert second.startswith("⚠ 1 disabled LoRA has no row ('off')")
+    # Only disabled LoRAs beyond the pool: no word about the prompt.
+    prompt = " ".join(f"<lora:l{i}:1>" for i in range(al.MAX_ROWS))
+    note = al.ActiveLoraHandlers(ctx).rows(prompt, {"off": "<lora:off:0.5>", "off2": "<lora:off2:1>"})[-1]["value"]
+    assert note.startswith("⚠ 2 disabled LoRAs have no row ('off', 'off2')") and "in the prompt" not in note
+
+
+def test_many_extra_loras_are_counted_and_the_names_shortened(ctx):
+    prompt = " ".join(f"<lora:l{i}:1>" for i in range(al.MAX_ROWS + 7))
+    note = al.ActiveLoraHandlers(ctx).rows(prompt, {})[-1]["value"]
+    assert note.startswith("⚠ 7 more LoRAs in the prompt have no slider")
+    assert f"'l{al.MAX_ROWS + 4}' and 2 more" in note and f"'l{al.MAX_ROWS + 5}'" not in note
+
+
+def test_the_built_rows_take_exactly_the_handler_updates(ctx):
+    import gradio as gr
+
+    with gr.Blocks():
+        prompt = gr.Textbox()
+        active = al.build_active_loras(ctx, prompt)
+    assert active.outputs()[-1] is active.overflow and active.overflow.elem_id == "active_loras_overflow"
+    assert active.overflow.visible is False
+    updates = al.ActiveLoraHandlers(ctx).rows("<lora:style:1>", {})
+    assert len(updates) == len(active.outputs())
 
 
 def test_block_weight_presets_offer_none_and_the_usual_names():
