@@ -16,6 +16,7 @@ from lora_ui.engine.progress import ProgressState, ProgressTracker, latents_to_p
 from lora_ui.engine.txt2img import GenerationInterrupted
 from lora_ui.engine.worker import Worker, WorkerStopped
 from lora_ui.lora.spec import LoraSpec
+from ui.fakes import FakeResult  # the one fake render result, shared with the UI tests
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,17 +29,6 @@ class FakeRequest:
     steps: int = 4
     batch_size: int = 1
     batch_count: int = 1
-
-
-@dataclass
-class FakeResult:
-    images: list
-    infotexts: list
-    seeds: list
-    saved_paths: list
-    warnings: list
-    loras: list
-    interrupted: bool = False
 
 
 @dataclass

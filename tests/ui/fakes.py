@@ -95,6 +95,8 @@ class FakeProgress:
 
 @dataclass
 class FakeResult:
+    """A Txt2ImgResult stand-in (also used by tests/engine/test_worker.py)."""
+
     images: list
     infotexts: list
     seeds: list
