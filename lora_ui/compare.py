@@ -50,6 +50,11 @@ class CompareError(ValueError):
     (or the partial work was dropped) when it is raised."""
 
 
+class RenderInterrupted(CompareError):
+    """The user interrupted a render of a comparison or sweep. A comparison shows nothing then; a
+    sweep with at least one LoRA cell done returns a partial SweepResult instead (`interrupted=True`)."""
+
+
 # ----------------------------------------------------------------------------------------- requests
 
 
@@ -141,6 +146,16 @@ class SweepResult:
     seed: int
     renders: int                        # how many images were actually rendered
     warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False           # stopped early: the cells in `missing` are placeholders
+    missing: list[tuple[int, int]] = field(default_factory=list)  # (row, column) of cells not rendered
+
+    @property
+    def cells_total(self) -> int:
+        return len(self.loras) * len(self.weights)
+
+    @property
+    def cells_done(self) -> int:
+        return self.cells_total - len(self.missing)
 
 
 # ------------------------------------------------------------------------------------ weight lists
@@ -382,10 +397,11 @@ def _single_request(base: Any, prompt: str, seed: int) -> Any:
 
 
 def _render(session: Any, request: Any) -> Any:
-    """One image on the worker thread (`WorkerSession.txt2img`: applies the prompt's LoRA set)."""
+    """One image on the worker thread (`WorkerSession.txt2img`: applies the prompt's LoRA set).
+    An interrupted (so unfinished) render raises RenderInterrupted; its partial image is dropped."""
     result = session.txt2img(request)
     if getattr(result, "interrupted", False) or getattr(session, "interrupted", False) or not result.images:
-        raise CompareError("Rendering was interrupted before the comparison finished; nothing is shown.")
+        raise RenderInterrupted("Rendering was interrupted before the comparison finished; nothing is shown.")
     return result
 
 
@@ -525,37 +541,68 @@ def _plan_sweep(request: SweepRequest, library: Any) -> _SweepPlan:
     return _SweepPlan(request.base, seed, weights, names, plain_prompt, baseline_prompt, renders)
 
 
+def placeholder_cell(size: tuple[int, int], text: str = "interrupted") -> Image.Image:
+    """A neutral grey cell with `text` centred: stands in for a sweep cell that was not rendered."""
+    cell = Image.new("RGB", size, (128, 128, 128))
+    draw = ImageDraw.Draw(cell)
+    font_size = max(6, min(48, size[1] // 8))
+    while True:  # the largest size (down to 6) at which the text fits the cell's width
+        font = _font(font_size)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left <= 0.9 * size[0] or font_size <= 6:
+            break
+        font_size -= 1
+    draw.text(((size[0] - (right - left)) / 2 - left, (size[1] - (bottom - top)) / 2 - top), text,
+              fill=(235, 235, 235), font=font)
+    return cell
+
+
 def _sweep_job(session: Any, plan: _SweepPlan, on_progress: ProgressCallback | None) -> SweepResult:
     done = 0
     warnings: list[str] = []
     baseline: Image.Image | None = None
     baseline_infotext = ""
-    if any(w == 0 for w in plan.weights):
-        _report(on_progress, done, plan.renders, "baseline (no LoRA)")
-        result = _render(session, _single_request(plan.base, plan.baseline_prompt, plan.seed))
-        baseline, baseline_infotext = result.images[0].convert("RGB"), _first_infotext(result)
-        warnings += _result_warnings(result)
-        done += 1
-
-    cells: list[list[Image.Image]] = []
+    # [row][column]: None until rendered. An interrupt keeps the cells done and drops the rest.
+    cells: list[list[Image.Image | None]] = [[None] * len(plan.weights) for _ in plan.names]
     first_lora_infotext = ""
-    for name in plan.names:
-        row: list[Image.Image] = []
-        for weight in plan.weights:
-            if weight == 0:
-                row.append(baseline)  # a LoRA at weight 0 changes nothing: reuse the one baseline
-                continue
-            _report(on_progress, done, plan.renders, f"{name} at {format_weight(weight)}")
-            prompt = _with_lora_weight(plan.plain_prompt, name, weight)
-            result = _render(session, _single_request(plan.base, prompt, plan.seed))
-            _check_applied(result, prompt)
+    interrupted = False
+    try:
+        if any(w == 0 for w in plan.weights):
+            _report(on_progress, done, plan.renders, "baseline (no LoRA)")
+            result = _render(session, _single_request(plan.base, plan.baseline_prompt, plan.seed))
+            baseline, baseline_infotext = result.images[0].convert("RGB"), _first_infotext(result)
             warnings += _result_warnings(result)
-            first_lora_infotext = first_lora_infotext or _first_infotext(result)
-            row.append(result.images[0].convert("RGB"))
             done += 1
-        cells.append(row)
-    _report(on_progress, done, plan.renders, "done")
+            for row in cells:  # a LoRA at weight 0 changes nothing: every 0 cell is the one baseline
+                for c, weight in enumerate(plan.weights):
+                    if weight == 0:
+                        row[c] = baseline
 
+        for r, name in enumerate(plan.names):
+            for c, weight in enumerate(plan.weights):
+                if weight == 0:
+                    continue
+                _report(on_progress, done, plan.renders, f"{name} at {format_weight(weight)}")
+                prompt = _with_lora_weight(plan.plain_prompt, name, weight)
+                result = _render(session, _single_request(plan.base, prompt, plan.seed))
+                _check_applied(result, prompt)
+                warnings += _result_warnings(result)
+                first_lora_infotext = first_lora_infotext or _first_infotext(result)
+                cells[r][c] = result.images[0].convert("RGB")
+                done += 1
+    except RenderInterrupted:
+        if done == (1 if baseline is not None else 0):  # no LoRA cell done: a grid of baselines shows nothing
+            raise RenderInterrupted("Rendering was interrupted before any LoRA cell of the sweep was done; "
+                                    "nothing is shown.") from None
+        interrupted = True
+    _report(on_progress, done, plan.renders, "interrupted" if interrupted else "done")
+
+    size = next(cell.size for row in cells for cell in row if cell is not None)
+    missing = [(r, c) for r, row in enumerate(cells) for c, cell in enumerate(row) if cell is None]
+    if missing:
+        blank = placeholder_cell(size)
+        for r, c in missing:
+            cells[r][c] = blank
     grid, layout = make_grid(cells, [format_weight(w) for w in plan.weights], plan.names)
     return SweepResult(
         grid=grid,
@@ -568,6 +615,8 @@ def _sweep_job(session: Any, plan: _SweepPlan, on_progress: ProgressCallback | N
         seed=plan.seed,
         renders=done,
         warnings=list(dict.fromkeys(warnings)),
+        interrupted=interrupted,
+        missing=missing,
     )
 
 
@@ -579,7 +628,8 @@ def submit_sweep(session_or_worker: Any, request: SweepRequest, on_progress: Pro
 
 
 def sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCallback | None = None) -> SweepResult:
-    """Grid of LoRA (rows) x weight (columns); the no-LoRA baseline renders once for all 0 cells."""
+    """Grid of LoRA (rows) x weight (columns); the no-LoRA baseline renders once for all 0 cells.
+    Interrupted after some LoRA cells: a partial result (`interrupted=True`, placeholders in `missing`)."""
     return submit_sweep(session_or_worker, request, on_progress).result()
 
 

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from lora_ui import compare as cmp
-from lora_ui.testing.tiny_models import tiny_sd1_pipeline
-from tests.test_compare_support import Context, make_rig, tiny_request, write_tiny_lora
+from tests.compare_fixtures import (InterruptingWorker, pipe, prompt_colour, rig,  # noqa: F401 (fixtures)
+                                    tiny_lora_files)
+from tests.test_compare_support import Context, make_rig, tiny_request
 
 SEED = 1234
 
@@ -17,25 +18,8 @@ SEED = 1234
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tiny_sd1_pipeline(seed=0)
-
-
-@pytest.fixture(scope="module")
 def lora_files(pipe, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("loras")
-    return {
-        "styleA": write_tiny_lora(pipe, folder / "styleA.safetensors", seed=1),
-        "charB": write_tiny_lora(pipe, folder / "charB.safetensors", seed=2),
-        "x3": write_tiny_lora(pipe, folder / "x3.safetensors", seed=3),
-    }
-
-
-@pytest.fixture
-def rig(pipe, lora_files):
-    rig = make_rig(pipe, lora_files)
-    yield rig
-    rig.close()
+    return tiny_lora_files(pipe, tmp_path_factory, styleA=1, charB=2, x3=3)
 
 
 @pytest.fixture
@@ -336,6 +320,93 @@ def test_sweep_refuses_bad_input_before_rendering(ctx, rig, request_kwargs, mess
         cmp.sweep(ctx, cmp.SweepRequest(base=tiny_request(prompt="cube", seed=1), **request_kwargs))
     assert message in str(info.value)
     assert rig.requests == []
+
+
+# ------------------------------------------------------------------------------ interrupted sweeps
+
+GREY = (128, 128, 128)
+
+
+def is_placeholder(cell: np.ndarray) -> bool:
+    """Mostly the neutral grey, with some lighter label pixels, and nothing of the half-done render."""
+    grey = np.all(cell == GREY, axis=-1).mean()
+    light = np.all(cell > 200, axis=-1).any()
+    return grey > 0.6 and light and not np.any(np.all(cell == (255, 0, 255), axis=-1))
+
+
+def test_an_interrupted_sweep_shows_the_cells_done_and_placeholders_for_the_rest():
+    worker = InterruptingWorker(stop_after=9)
+    weights, loras = [0.2, 0.4, 0.6, 0.8, 1.0], ["a", "b", "c"]
+    progress = []
+    result = cmp.sweep(worker, cmp.SweepRequest(base=tiny_request(prompt="cube", seed=7), weights=weights, loras=loras),
+                       on_progress=lambda done, total, what: progress.append((done, total, what)))
+
+    assert worker.jobs == [("sweep", 15)]
+    assert len(worker.requests) == 10  # 9 renders done, the 10th interrupted, nothing after it
+    assert result.interrupted and result.renders == 9
+    assert (result.cells_done, result.cells_total) == (9, 15)
+    assert result.missing == [(1, 4)] + [(2, c) for c in range(5)]
+    assert progress[-1] == (9, 15, "interrupted")
+
+    layout = result.layout
+    assert (layout.rows, layout.columns) == (3, 5)
+    for r, name in enumerate(loras):
+        for c, weight in enumerate(weights):
+            cell = as_array(result.grid.crop(layout.cell_box(r, c)))
+            if (r, c) in result.missing:
+                assert is_placeholder(cell), (r, c)
+            else:  # exactly the render of that LoRA at that weight
+                prompt = worker.requests[5 * r + c].prompt
+                assert f"<lora:{name}:" in prompt
+                assert np.all(cell == prompt_colour(prompt)), (r, c)
+    assert 'X Values: "0.2, 0.4, 0.6, 0.8, 1"' in result.infotext
+
+
+def test_an_interrupted_sweep_keeps_the_baseline_cells_of_every_row():
+    worker = InterruptingWorker(stop_after=2)  # the baseline and 'a' at 0.5
+    result = cmp.sweep(worker, cmp.SweepRequest(base=tiny_request(prompt="cube", seed=7), weights=[0, 0.5, 1],
+                                                loras=["a", "b"]))
+    assert result.interrupted and (result.cells_done, result.cells_total) == (3, 6)
+    assert result.missing == [(0, 2), (1, 1), (1, 2)]
+    baseline = as_array(result.baseline)
+    for r in range(2):
+        assert np.array_equal(as_array(result.grid.crop(result.layout.cell_box(r, 0))), baseline)
+    assert np.all(as_array(result.cells[0][1]) == prompt_colour(worker.requests[1].prompt))
+    assert is_placeholder(as_array(result.cells[1][1]))
+
+
+@pytest.mark.parametrize("weights, stop_after", [
+    ([0, 0.5, 1], 0),     # interrupted in the baseline
+    ([0, 0.5, 1], 1),     # only the baseline was done: no LoRA cell to show
+    ([0.5, 1], 0),        # interrupted in the first LoRA cell
+])
+def test_a_sweep_interrupted_before_any_lora_cell_gives_the_clear_error(weights, stop_after):
+    worker = InterruptingWorker(stop_after=stop_after)
+    with pytest.raises(cmp.CompareError, match="interrupted before any LoRA cell.*nothing is shown"):
+        cmp.sweep(worker, cmp.SweepRequest(base=tiny_request(prompt="cube", seed=7), weights=weights, loras=["a"]))
+    assert len(worker.requests) == stop_after + 1
+
+
+def test_a_comparison_interrupted_on_its_lora_side_still_shows_nothing():
+    worker = InterruptingWorker(stop_after=1)
+    with pytest.raises(cmp.CompareError, match="interrupted before the comparison finished; nothing is shown"):
+        cmp.compare(worker, cmp.CompareRequest(base=tiny_request(prompt="cube", seed=7), loras=[("a", 1)]))
+    assert len(worker.requests) == 2
+
+
+def test_a_real_sweep_interrupted_between_cells_returns_the_cells_done(ctx, rig):
+    def interrupt_before_charB(done, total, what):
+        if what.startswith("charB"):
+            rig.worker.interrupt()
+
+    result = cmp.sweep(ctx, cmp.SweepRequest(base=tiny_request(prompt="a red cube", seed=SEED), weights=[0, 0.5, 1],
+                                             loras=["styleA", "charB"]), on_progress=interrupt_before_charB)
+    assert result.interrupted and result.renders == 3 and len(rig.requests) == 4
+    assert result.missing == [(1, 1), (1, 2)] and (result.cells_done, result.cells_total) == (4, 6)
+    assert not np.array_equal(as_array(result.cells[0][2]), as_array(result.baseline))
+    assert is_placeholder(as_array(result.grid.crop(result.layout.cell_box(1, 2))))
+    # The worker is usable again after the interrupted job.
+    assert rig.worker.txt2img(tiny_request(prompt="cube", seed=1)).result().images
 
 
 # -------------------------------------------------------------------------------------- inspector

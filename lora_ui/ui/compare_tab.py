@@ -3,8 +3,8 @@
 Pick prompt, seed, LoRA(s) and weight -> *without* and *with* renders at one seed and the same
 settings, in an image slider and side by side, plus a difference heatmap with its colour scale and
 the numbers (mean absolute difference, share of pixels changed). A weight sweep renders a labelled
-X/Y grid (weights across, LoRAs down; infotext embedded, downloadable). The LoRA inspector charts
-where the picked LoRA acts.
+X/Y grid (weights across, LoRAs down; infotext embedded, downloadable; an interrupted sweep shows the
+cells done). The LoRA inspector charts where one of the picked LoRAs acts.
 
 Handlers only translate widgets into `lora_ui.compare` requests: each comparison or sweep is one
 job on the one worker; while its future runs, the generator handlers poll `worker.progress()` and
@@ -16,31 +16,18 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import gradio as gr
 
 from lora_ui import compare as cmp
 from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
-from lora_ui.ui.inspector import InspectorHandlers, InspectorPanel, build_inspector
-from lora_ui.ui.txt2img_tab import POLL_SECONDS, PROGRESS_CSS, progress_html, request_fields, sampler_choices
+from lora_ui.ui.inspector import InspectorHandlers, InspectorPanel, build_inspector, picked_names
+from lora_ui.ui.txt2img_tab import (POLL_SECONDS, PROGRESS_CSS, WorkerHandlers, progress_html, request_fields,
+                                    sampler_choices)
 
 DEFAULT_STEPS = 20
-
-
-def _default_request_factory(**fields: Any) -> Any:
-    from lora_ui.engine.txt2img import Txt2ImgRequest
-
-    return Txt2ImgRequest(**fields)
-
-
-def picked_names(value: Any) -> list[str]:
-    """The LoRA dropdown's value (None, one name, or a list of names) -> names, blanks dropped."""
-    if value is None:
-        return []
-    values = [value] if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in values if str(v).strip()]
 
 
 def numbers_markdown(result: cmp.CompareResult) -> str:
@@ -52,14 +39,22 @@ def numbers_markdown(result: cmp.CompareResult) -> str:
             f"**With:** `{result.with_prompt}`")
 
 
-class CompareHandlers:
+def sweep_caption(result: cmp.SweepResult, path: Path) -> str:
+    """What the sweep rendered and where it is saved; an interrupted sweep says so first."""
+    caption = (f"{len(result.loras)} LoRA × {len(result.weights)} weights, seed {result.seed}, "
+               f"{result.renders} renders (the baseline once). Saved to `{path}`.")
+    if result.interrupted:
+        caption = (f"**⚠ Interrupted after {result.cells_done} of {result.cells_total} cells**: the grey "
+                   f"'interrupted' cells were not rendered.  \n{caption}")
+    return caption
+
+
+class CompareHandlers(WorkerHandlers):
     """Plain-method handlers over the AppContext (unit-tested without a browser)."""
 
     def __init__(self, ctx: Any, request_factory: Callable[..., Any] | None = None,
                  poll_seconds: float = POLL_SECONDS, grids_dir: Path | None = None) -> None:
-        self.ctx = ctx
-        self.request_factory = request_factory or _default_request_factory
-        self.poll_seconds = poll_seconds
+        super().__init__(ctx, request_factory, poll_seconds)
         self.grids_dir = grids_dir
 
     # ---- helpers
@@ -69,11 +64,26 @@ class CompareHandlers:
                                 1, 1, 1, save_images=False)
         return self.request_factory(**fields)
 
-    def _wait(self, future: Any, idle_values: Callable[[str], tuple]) -> Iterator[tuple]:
-        """Yield the progress bar until the job is done."""
+    def _run_job(self, submit: Callable[[], Any], idle_values: Callable[[str], tuple], refused: str,
+                 failed: str) -> Generator[tuple, None, Any]:
+        """`submit()` the job (bad input or a stopped worker -> a '<refused>: why' warning), yield the
+        progress bar until it is done, and return its result (`result = yield from ...`), or None
+        after a '<failed>: why' warning (the job failed on the worker: bad LoRA file, interrupted ...)."""
+        try:
+            future = submit()
+        except Exception as exc:  # CompareError, ValueError, WorkerStopped: say so, plainly
+            notify.warn(f"{refused}: {exc}")
+            yield idle_values("")
+            return None
         while not future.done():
             yield idle_values(progress_html(core.progress_view(self.ctx.worker.progress(with_preview=False))))
             time.sleep(self.poll_seconds)
+        try:
+            return future.result()
+        except Exception as exc:
+            notify.warn(f"{failed}: {exc}")
+            yield idle_values("")
+            return None
 
     def _grid_path(self, seed: int) -> Path:
         """A1111 keeps grids in <outputs>/txt2img-grids/<date>/; never overwrite one."""
@@ -103,20 +113,13 @@ class CompareHandlers:
         def progress_only(html: str) -> tuple:
             return (html, keep, keep, keep, keep, keep)
 
-        try:
+        def submit() -> Any:
             base = self._base_request(prompt, negative, sampler, schedule, steps, cfg, width, height, seed)
             pairs = [(name, weight) for name in picked_names(loras)]
-            future = cmp.submit_compare(self.ctx, cmp.CompareRequest(base=base, loras=pairs))
-        except Exception as exc:  # bad input (CompareError, ValueError) or a stopped worker: say so, plainly
-            notify.warn(f"Not compared: {exc}")
-            yield progress_only("")
-            return
-        yield from self._wait(future, progress_only)
-        try:
-            result = future.result()
-        except Exception as exc:  # the job failed on the worker (bad LoRA file, interrupted ...)
-            notify.warn(f"Comparison failed: {exc}")
-            yield progress_only("")
+            return cmp.submit_compare(self.ctx, cmp.CompareRequest(base=base, loras=pairs))
+
+        result = yield from self._run_job(submit, progress_only, "Not compared", "Comparison failed")
+        if result is None:
             return
         notify.warn_all(result.warnings)
         yield ("", (result.without, result.with_lora), result.without, result.with_lora, result.heatmap,
@@ -130,26 +133,25 @@ class CompareHandlers:
         def progress_only(html: str) -> tuple:
             return (html, keep, keep, keep)
 
-        try:
+        def submit() -> Any:
             weights = cmp.parse_weight_list(weights_text)
             base = self._base_request(prompt, negative, sampler, schedule, steps, cfg, width, height, seed)
-            future = cmp.submit_sweep(self.ctx, cmp.SweepRequest(base=base, weights=weights, loras=picked_names(loras)))
-        except Exception as exc:  # bad input (CompareError, ValueError) or a stopped worker: say so, plainly
-            notify.warn(f"No sweep: {exc}")
-            yield progress_only("")
+            return cmp.submit_sweep(self.ctx, cmp.SweepRequest(base=base, weights=weights, loras=picked_names(loras)))
+
+        result = yield from self._run_job(submit, progress_only, "No sweep", "Sweep failed")
+        if result is None:
             return
-        yield from self._wait(future, progress_only)
         try:
-            result = future.result()
             path = cmp.save_png(result.grid, self._grid_path(result.seed), result.infotext)
-        except Exception as exc:
-            notify.warn(f"Sweep failed: {exc}")
+        except Exception as exc:  # a full disk or an unwritable outputs folder
+            notify.warn(f"Sweep failed: the grid could not be saved: {exc}")
             yield progress_only("")
             return
         notify.warn_all(result.warnings)
-        caption = (f"{len(result.loras)} LoRA × {len(result.weights)} weights, seed {result.seed}, "
-                   f"{result.renders} renders (the baseline once). Saved to `{path}`.")
-        yield ("", str(path), str(path), caption)
+        if result.interrupted:
+            notify.info(f"Sweep interrupted after {result.cells_done} of {result.cells_total} cells: "
+                        "showing the cells done.")
+        yield ("", str(path), str(path), sweep_caption(result, path))
 
     def interrupt(self) -> None:
         if not self.ctx.worker.interrupt():

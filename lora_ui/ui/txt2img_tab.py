@@ -42,6 +42,17 @@ def _default_request_factory(**fields: Any) -> Any:
     return Txt2ImgRequest(**fields)
 
 
+class WorkerHandlers:
+    """What the render tabs' handlers share: the AppContext, how widget values become a request
+    (`request_factory(**request_fields(...))`, default Txt2ImgRequest) and how often to poll progress."""
+
+    def __init__(self, ctx: Any, request_factory: Callable[..., Any] | None = None,
+                 poll_seconds: float = POLL_SECONDS) -> None:
+        self.ctx = ctx
+        self.request_factory = request_factory or _default_request_factory
+        self.poll_seconds = poll_seconds
+
+
 def _int_in(value: Any, what: str, low: int, high: int) -> int:
     try:
         number = float(value)
@@ -148,14 +159,12 @@ class GenerationOutput:
                 self.last_infotexts)
 
 
-class Txt2ImgHandlers:
+class Txt2ImgHandlers(WorkerHandlers):
     """Plain-method handlers over the AppContext (unit-tested without a browser)."""
 
     def __init__(self, ctx: Any, request_factory: Callable[..., Any] | None = None,
                  poll_seconds: float = POLL_SECONDS, temp_dir: Path | None = None) -> None:
-        self.ctx = ctx
-        self.request_factory = request_factory or _default_request_factory
-        self.poll_seconds = poll_seconds
+        super().__init__(ctx, request_factory, poll_seconds)
         self.temp_dir = temp_dir or Path(tempfile.gettempdir()) / "lora-ui-images"
 
     def generate(self, prompt: str, negative: str, sampler: str, schedule: str, steps: Any, cfg: Any,
