@@ -22,7 +22,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -126,13 +126,15 @@ def first_part(parts: Mapping[str, Tensor], names: tuple[str, ...], role: str) -
     return present[0], parts[present[0]]
 
 
-def expect(condition: bool, message: str) -> None:
+def expect(condition: bool, message: "str | Callable[[], str]") -> None:
+    """Raise LoraError(message) unless `condition`. A callable message is built only on failure
+    (hot paths: a file has hundreds of modules, each checked several times)."""
     if not condition:
-        raise LoraError(message)
+        raise LoraError(message() if callable(message) else message)
 
 
 def scalar_of(name: str, tensor: Tensor) -> float:
-    expect(tensor.numel() == 1, f"{name} must hold one number, got shape {shape_str(tensor.shape)}")
+    expect(tensor.numel() == 1, lambda: f"{name} must hold one number, got shape {shape_str(tensor.shape)}")
     return float(tensor.reshape(()).item())
 
 

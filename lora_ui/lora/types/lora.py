@@ -47,29 +47,29 @@ class LoRAModule(NetworkModule):
         up = first_part(parts, UP_NAMES, "up factor")
         down = first_part(parts, DOWN_NAMES, "down factor")
         mid = first_part(parts, MID_NAMES, "Tucker core")
-        present = ", ".join(sorted(parts))
         if up is None or down is None:
             missing = "lora_up.weight (or lora_B.weight)" if up is None else "lora_down.weight (or lora_A.weight)"
-            raise LoraError(f"a LoRA module needs {missing} (parts present: {present})")
+            raise LoraError(f"a LoRA module needs {missing} (parts present: {', '.join(sorted(parts))})")
         (up_name, self.up), (down_name, self.down) = up, down
         self.mid: Tensor | None = mid[1] if mid is not None else None
         expect(
             target.kind in ("linear", "conv"),
-            f"{up_name}/{down_name} patch Linear or Conv2d layers, but the target is {target.label}",
+            lambda: f"{up_name}/{down_name} patch Linear or Conv2d layers, but the target is {target.label}",
         )
         out, numel = target.out_dim, target.numel
         fan_in = numel // out  # in * kh * kw
-        expect(self.down.dim() in (2, 4), f"{down_name} must be 2-D or 4-D, got shape {shape_str(self.down.shape)}")
-        expect(self.up.dim() in (2, 4), f"{up_name} must be 2-D or 4-D, got shape {shape_str(self.up.shape)}")
+        expect(self.down.dim() in (2, 4),
+               lambda: f"{down_name} must be 2-D or 4-D, got shape {shape_str(self.down.shape)}")
+        expect(self.up.dim() in (2, 4), lambda: f"{up_name} must be 2-D or 4-D, got shape {shape_str(self.up.shape)}")
         r = self.down.shape[0]
         expect(
             self.up.shape[0] == out and _trailing_ones(self.up),
-            f"{up_name} has shape {shape_str(self.up.shape)} but the target {target.label} needs ({out}, r[, 1, 1])",
+            lambda: f"{up_name} has shape {shape_str(self.up.shape)} but the target {target.label} needs ({out}, r[, 1, 1])",
         )
         if self.mid is None:
             expect(
                 self.up.shape[1] == r,
-                f"{up_name} has shape {shape_str(self.up.shape)} but {down_name} has shape "
+                lambda: f"{up_name} has shape {shape_str(self.up.shape)} but {down_name} has shape "
                 f"{shape_str(self.down.shape)}: their ranks differ ({self.up.shape[1]} vs {r})",
             )
             down_ok = self.down[0].numel() == fan_in
@@ -78,21 +78,21 @@ class LoRAModule(NetworkModule):
                 down_ok = down_ok and tuple(self.down.shape[1:]) == tuple(want)
             expect(
                 down_ok,
-                f"{down_name} has shape {shape_str(self.down.shape)} but the target {target.label} needs "
+                lambda: f"{down_name} has shape {shape_str(self.down.shape)} but the target {target.label} needs "
                 f"(r, {', '.join(str(d) for d in target.weight_shape[1:])})",
             )
         else:
             mid_name = MID_NAMES[0]
-            expect(target.kind == "conv", f"{mid_name} (Tucker core) needs a Conv2d target, got {target.label}")
+            expect(target.kind == "conv", lambda: f"{mid_name} (Tucker core) needs a Conv2d target, got {target.label}")
             want_mid = (self.up.shape[1], r, *target.kernel)
             expect(
                 tuple(self.mid.shape) == want_mid,
-                f"{mid_name} has shape {shape_str(self.mid.shape)} but {up_name} {shape_str(self.up.shape)}, "
+                lambda: f"{mid_name} has shape {shape_str(self.mid.shape)} but {up_name} {shape_str(self.up.shape)}, "
                 f"{down_name} {shape_str(self.down.shape)} and the target {target.label} need {shape_str(want_mid)}",
             )
             expect(
                 self.down.shape[1] == target.in_dim and _trailing_ones(self.down),
-                f"{down_name} has shape {shape_str(self.down.shape)} but with {mid_name} the target {target.label} "
+                lambda: f"{down_name} has shape {shape_str(self.down.shape)} but with {mid_name} the target {target.label} "
                 f"needs (r, {target.in_dim}[, 1, 1])",
             )
 
