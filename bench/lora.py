@@ -14,8 +14,7 @@ Fast-mode apply is timed twice: the first apply of a session (fresh shadow memor
 after an earlier unload (the freed shadows pooled and re-staged to W by a background thread, whose
 time is reported on its own row); the targets use the latter.
 --quick: 128x128 images (16x16 latents), 3 timing repeats (5 for UNet steps, 2 for the 20-step
-generations); full: 512x512, 5 (7, 2)
-repeats; each timing is the fastest of its repeats.
+generations); full: 512x512, 5 (7, 2) repeats; each timing is the fastest of its repeats.
 The last line printed is one JSON object with the target keys (issue 4).
 """
 from __future__ import annotations
