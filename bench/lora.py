@@ -16,7 +16,8 @@ time is reported on its own row); the targets use the latter.
 --quick: 128x128 images (16x16 latents), 3 timing repeats (5 for UNet steps, 2 for the 20-step
 generations); full: 512x512, 5 (7, 2) repeats; each timing is the fastest of its repeats. UNet steps
 are timed in interleaved rounds (plain, fast, low-mem, diffusers unfused back to back, each round),
-so a slow minute on the shared machine hits every contender alike.
+and so are the weight change + 20-step generations (ours, then diffusers', per round), so a slow
+minute on the shared machine hits every contender alike.
 The last line printed is one JSON object with the target keys (issue 4).
 """
 from __future__ import annotations
@@ -333,14 +334,6 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
         ours[f"apply_lowmem_{kind}_s"] = best(lambda: manager.set_loras([LoraSpec(paths[kind], kind)]), reps,
                                               device, setup=cold_reset)
         cold_reset()
-    manager.mode = "fast"
-    manager.set_loras([LoraSpec(lora, "l", te=1.0, unet=1.0)])
-    weights = iter([0.5, 0.8, 0.6, 0.9, 0.7, 0.4, 0.3] * 3)
-    gen_reps = 2  # each is a whole 20-step generation
-    ours["change_and_generate_s"] = best(
-        generate(lambda: manager.set_loras([LoraSpec(lora, "l", te=next(weights), unet=next(weights))])),
-        gen_reps, device)
-    cold_reset()
     log(f"lora_ui all: {ours}")
     results["unload_bit_exact"] = bit_exact(pipe, snap)  # before diffusers touches the model
     results["ours"] = ours
@@ -351,6 +344,7 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
     log("timing UNet steps (interleaved rounds)")
     step_times: dict[str, list[float]] = {"plain": [], "fast": [], "lowmem": [], "unfused": []}
     for _ in range(step_reps):
+        unet_step()  # warm-up, as for every contender below
         step_times["plain"].append(timed(unet_step, device))
         for mode in ("fast", "lowmem"):
             manager.mode = mode
@@ -367,6 +361,25 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
     ours["step_fast_s"], ours["step_lowmem_s"] = min(step_times["fast"]), min(step_times["lowmem"])
     step_unfused_s = min(step_times["unfused"])
     results["step_rounds"] = step_times
+
+    # ---- a weight change then a 20-step generation, interleaved the same way (fastest of 2 rounds)
+    log("timing weight change + generation (interleaved rounds)")
+    ours_weights = iter([0.5, 0.8, 0.6, 0.9, 0.7, 0.4, 0.3] * 3)
+    their_weights = iter([0.5, 0.8, 0.6, 0.9, 0.7, 0.4, 0.3] * 3)
+    gen_times: dict[str, list[float]] = {"ours": [], "diffusers": []}
+    for _ in range(2):
+        manager.mode = "fast"
+        apply_full()
+        gen_times["ours"].append(timed(generate(
+            lambda: manager.set_loras([LoraSpec(lora, "l", te=next(ours_weights), unet=next(ours_weights))])), device))
+        cold_reset()
+        pipe.load_lora_weights(str(lora), adapter_name="bench")
+        gen_times["diffusers"].append(timed(generate(
+            lambda: pipe.set_adapters(["bench"], adapter_weights=[next(their_weights)])), device))
+        pipe.unload_lora_weights()
+        gc.collect()
+    ours["change_and_generate_s"] = min(gen_times["ours"])
+    change_and_generate_diffusers_s = min(gen_times["diffusers"])
     del manager
     gc.collect()
 
@@ -396,8 +409,7 @@ def run(quick: bool, threads: int, device: str, tiny: bool = False) -> dict:
     theirs["set_adapters_s"] = best(lambda: pipe.set_adapters(["bench"], adapter_weights=[next(weights)]), reps,
                                     device)
     theirs["step_unfused_s"] = step_unfused_s
-    theirs["change_and_generate_s"] = best(
-        generate(lambda: pipe.set_adapters(["bench"], adapter_weights=[next(weights)])), gen_reps, device)
+    theirs["change_and_generate_s"] = change_and_generate_diffusers_s
     theirs["unload_s"] = timed(d_unload, device)
     for _ in range(reps - 1):
         d_load()
