@@ -40,15 +40,16 @@ def test_shipped_model_is_complete_and_sd1_shaped(pipe):
 
 
 def test_shipped_model_follows_prompts_far_above_chance(pipe):
-    """24 fixed prompts, one seed. Chance is 1/8 for the shape colour and 1/7 for the background;
-    the model card reports the measured rates (well below the issue's 90 % targets)."""
+    """24 fixed prompts, one seed. Chance is 1/8 for the shape colour, 1/7 for the background and 1/3
+    for the shape; the model card reports 96 / 96 / 82 % over 3 seeds. The bounds leave room for one
+    seed's spread (a few images) while failing any model that does not follow its prompts."""
     from lora_ui.demo import world
     from lora_ui.demo.evaluate import eval_scenes, render_prompts, score
 
     scenes = eval_scenes()
     images = render_prompts(pipe, [world.canonical_caption(s) for s in scenes], seeds=(0,))
     result = score(images, scenes)
-    assert result["colour"] >= 0.3 and result["background"] >= 0.3 and result["shape"] >= 0.3, result
+    assert result["colour"] >= 0.8 and result["background"] >= 0.8 and result["shape"] >= 0.6, result
 
 
 @pytest.mark.parametrize("name", list(DEMO_LORAS))
@@ -74,9 +75,16 @@ def test_shipped_lora_files(pipe, name):
 
 
 def test_demo_dark_darkens_more_with_more_weight(pipe):
+    """The issue's measure (mean brightness over evaluation prompts, weight 1 <= 70 % of weight 0) on
+    8 of the 24 evaluation prompts, one seed; a single very bright prompt (a white background) darkens
+    less in relative terms, so one prompt alone would not be the target's measure."""
+    from lora_ui.demo import world
+    from lora_ui.demo.evaluate import eval_scenes
+
     net = lora_net(pipe, "demo-dark", DEMO_LORA_DIR / "demo-dark.safetensors")
-    prompt = "a small yellow circle on a white background"
-    b = [render(pipe, prompt, seed=3, net=net, weight=w, steps=15).mean() for w in (0.0, 0.5, 1.0)]
+    prompts = [world.canonical_caption(s) for s in eval_scenes()[::3]]
+    b = [np.mean([render(pipe, p, seed=3, net=net, weight=w, steps=15).mean() for p in prompts])
+         for w in (0.0, 0.5, 1.0)]
     assert b[0] > b[1] > b[2], b
     assert b[2] <= 0.7 * b[0], b
 
