@@ -133,3 +133,33 @@ def test_project_engine_applies_demo_loras_like_the_trainer(pipe, name):
     torch.testing.assert_close(eng, ours, rtol=1e-4, atol=1e-5)
     after_cond, after = run()
     assert torch.equal(after, base) and torch.equal(after_cond, base_cond)
+
+
+def test_shipped_demo_dark_gives_the_same_image_in_our_engine_and_in_diffusers_peft():
+    """The shipped file, as a user would load it: our LoraManager on one pipeline, diffusers'
+    load_lora_weights (kohya converter + peft) on a second copy; same seed, same weight -> the
+    same darkened image within 2/255, and clearly darker than the base image."""
+    from lora_ui.lora.manager import LoraManager
+    from lora_ui.lora.spec import LoraSpec
+
+    path = DEMO_LORA_DIR / "demo-dark.safetensors"
+    prompt = "a big yellow circle on a blue background"
+
+    def image(pipe):
+        out = pipe(prompt, height=64, width=64, num_inference_steps=12, guidance_scale=7.0,
+                   generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+        return (out * 255).round()
+
+    ours_pipe = load_demo_pipeline(DEMO_MODEL_DIR)
+    base = image(ours_pipe)
+    manager = LoraManager(ours_pipe)
+    manager.set_loras([LoraSpec(path=path, name="demo-dark", te=0.8, unet=0.8)])
+    ours = image(ours_pipe)
+    manager.clear()
+    theirs_pipe = load_demo_pipeline(DEMO_MODEL_DIR)
+    theirs_pipe.load_lora_weights(str(path), adapter_name="dark")
+    theirs_pipe.set_adapters(["dark"], [0.8])
+    theirs = image(theirs_pipe)
+    assert ours.mean() < 0.85 * base.mean(), (ours.mean(), base.mean())
+    assert np.abs(ours - theirs).max() <= 2, np.abs(ours - theirs).max()
+    assert np.array_equal(image(ours_pipe), base)  # and our unload gives the base image back
