@@ -195,9 +195,9 @@ class LoraManager:
         self.step = 0
 
     def close(self) -> None:
-        """Unload, and return pooled shadow memory at once (the pipeline is being replaced)."""
+        """Unload, and return all shadow memory at once, pooled too (the pipeline is being replaced)."""
+        self.patcher.close()
         self.clear()
-        self.patcher.pool.release()
 
     def on_step(self, step: int, total: int) -> None:
         """Call before denoising step `step` (0-based) of `total`: switches scheduled LoRAs on/off.

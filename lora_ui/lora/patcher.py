@@ -172,7 +172,7 @@ def shadow_weights(module: nn.Module, contributions: list[Contribution],
     if current is None:  # no contributions: the base weight itself (never written)
         return weight, None
     new_bias = None if bias32 is None else bias32.to(bias.dtype)
-    if current is fp32_out and fp32_out is not None:
+    if current is fp32_out:  # fp32: the reused buffer is the accumulator itself
         return current, new_bias
     if out is not None:
         return out.copy_(current), new_bias  # the one rounding to the model dtype
@@ -303,6 +303,7 @@ class ShadowPool:
         self._entries: dict[str, Pooled] = {}
         self._generation = 0
         self._stager: threading.Thread | None = None
+        self._timer: threading.Timer | None = None  # the one pending expiry
 
     def put(self, items: list[tuple[str, nn.Module, Tensor]]) -> list[Tensor]:
         """Keep the buffers that fit their layer (CPU, same shape and dtype as its weight) and start
@@ -323,9 +324,11 @@ class ShadowPool:
             self._generation += 1
             generation = self._generation
         self._start_staging()
-        timer = threading.Timer(self.keep_seconds, self._expire, args=(generation,))
-        timer.daemon = True
-        timer.start()
+        if self._timer is not None:
+            self._timer.cancel()  # the newest buffers set the pool's deadline
+        self._timer = threading.Timer(self.keep_seconds, self._expire, args=(generation,))
+        self._timer.daemon = True
+        self._timer.start()
         return rejected
 
     def take(self, target_id: str, module: nn.Module) -> Pooled | None:
@@ -348,6 +351,9 @@ class ShadowPool:
             buffers = [e.buffer for e in self._entries.values()]
             self._entries.clear()
             self._generation += 1
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()  # nothing left to expire (harmless when called from the timer itself)
         if wait:
             buffers.clear()
         else:
@@ -432,9 +438,9 @@ class Patcher:
                 changes[target_id] = None
         return changes
 
-    def commit(self, changes: dict[str, object]) -> None:
-        """Install planned changes. Freed shadows go to the pool (CPU) or are released on a
-        background thread, so that an unload returns at once."""
+    def commit(self, changes: dict[str, object], keep_freed: bool = True) -> None:
+        """Install planned changes. Freed shadows go to the pool (CPU; unless not `keep_freed`) or
+        are released on a background thread, so that an unload returns at once."""
         garbage: list[Tensor] = []
         freed: list[tuple[str, nn.Module, Tensor]] = []
         for target_id, change in changes.items():
@@ -452,20 +458,16 @@ class Patcher:
             if change is not None:
                 change.install()
                 self.layers[target_id] = change
-        _release_later(garbage + self.pool.put(freed))
+        garbage += self.pool.put(freed) if keep_freed else [t for _, _, t in freed]
+        _release_later(garbage)
 
     def clear(self) -> None:
-        garbage: list[Tensor] = []
-        freed: list[tuple[str, nn.Module, Tensor]] = []
-        for target_id, patch in self.layers.items():
-            _collect_freed(target_id, patch, freed, garbage)
-            patch.uninstall()
-        self.layers.clear()
-        _release_later(garbage + self.pool.put(freed))
+        """Unpatch every layer (their shadows go to the pool)."""
+        self.commit(dict.fromkeys(self.layers))
 
     def close(self) -> None:
         """Unpatch everything and give every buffer back (the pipeline is going away)."""
-        self.clear()
+        self.commit(dict.fromkeys(self.layers), keep_freed=False)
         self.pool.release()
 
     @property
