@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -78,14 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         create_api(app, ctx, settings.api_auth or None)
         log.info("REST API on %ssdapi/v1 (docs: %ssdapi/v1/docs)", local_url, local_url)
     log.info("LoRA UI running on %s", local_url)
+    _stop_on_sigterm()
     try:
-        blocks.block_thread()
+        blocks.block_thread()  # returns on Ctrl+C (SIGINT) or SIGTERM (both raise KeyboardInterrupt here)
     except KeyboardInterrupt:
         pass
     finally:
-        ctx.close()
-        blocks.close()
+        blocks.close()         # no new requests first, then the worker and background threads
+        clean = ctx.close()
+    log.info("LoRA UI stopped%s", "" if clean else " (some background work did not finish in time)")
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """`docker stop`, systemd and `kill` send SIGTERM: shut down as cleanly as on Ctrl+C."""
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

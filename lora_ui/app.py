@@ -35,9 +35,15 @@ class AppContext:
         worker = build_worker(settings, models, library) if start_worker else None
         return cls(settings=settings, models=models, library=library, worker=worker)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop and join every thread the app started (worker, LoRA background work, hashing).
+        Returns False when something did not stop within `timeout` (each part logs which)."""
+        done = True
         if self.worker is not None:
-            self.worker.shutdown()
+            done = self.worker.shutdown(timeout=timeout) and done
+        if self.library is not None and hasattr(self.library, "close"):
+            done = self.library.close(timeout) and done
+        return done
 
 
 def build_library(settings: Settings, *, refresh: bool = True):

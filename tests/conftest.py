@@ -17,3 +17,60 @@ os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="lora-ui-gradio
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# ---- Hypothesis: reproducible by default ---------------------------------------------------------------
+# "ci" (default, and what CI runs): derandomized -> every run draws the same examples; no example
+# database, so a run never depends on what an earlier run found. "explore" (HYPOTHESIS_PROFILE=explore):
+# random and many examples, to look for new failures locally; a failure prints the
+# `@reproduce_failure` / `--hypothesis-seed` that replays it.
+from hypothesis import HealthCheck, settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+_hypothesis_settings.register_profile("explore", max_examples=500, deadline=None, database=None, print_blob=True,
+                                      suppress_health_check=[HealthCheck.too_slow])
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# ---- Threads and processes: whatever a test module starts, it stops ------------------------------------
+import threading  # noqa: E402
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+# Our own long-lived threads are named; a daemon one left running can be inside torch at interpreter exit.
+OWNED_THREAD_PREFIXES = ("lora-", "lora-ui-")
+JOIN_GRACE_S = 15.0  # background releases of W-sized buffers finish in well under a second
+
+
+def _leaked_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate()
+            if t not in before and t.is_alive() and t is not threading.current_thread()
+            and (not t.daemon or t.name.startswith(OWNED_THREAD_PREFIXES))
+            and not t.name.startswith("lora-shadow-expiry")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_joins_its_threads():
+    """Fail the module whose tests leave a non-daemon thread or one of our worker threads running."""
+    before = set(threading.enumerate())
+    yield
+    leaked = _leaked_threads(before)
+    for thread in leaked:
+        if not thread.name.startswith("lora-ui-worker"):
+            thread.join(JOIN_GRACE_S)  # background work may still be finishing: give it time, then judge
+    leaked = [t for t in _leaked_threads(before)]
+    if leaked:
+        pytest.fail("threads left running by this module (close what you open): "
+                    + ", ".join(f"{t.name} (daemon={t.daemon})" for t in leaked), pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_leaves_no_child_process():
+    """At the end of the run no child process of pytest may still be running (servers, pools, browsers)."""
+    yield
+    me = psutil.Process()
+    children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    if alive:
+        pytest.fail("child processes left running at the end of the test session: "
+                    + ", ".join(f"{p.pid} {' '.join(p.cmdline()[:3])}" for p in alive), pytrace=False)

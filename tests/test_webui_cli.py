@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,46 +77,65 @@ def _get(url, data=None, timeout=60):
         return r.status, r.read()
 
 
+def _wait_until_up(proc, base, log_path, seconds=540):
+    deadline = time.time() + seconds  # generous: the shared test machines can be very busy
+    while True:  # the API routes are added right after the page comes up: wait for both
+        try:
+            status, page = _get(base + "/", timeout=5)
+            _get(base + "/sdapi/v1/samplers", timeout=5)
+            return status, page
+        except OSError:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, f"the UI did not come up in {seconds} s"
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_launch_serves_the_page_and_the_api_and_saves_images(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_launch_serves_the_page_and_the_api_saves_images_and_stops_cleanly(tmp_path, stop_signal):
+    """A real start, one render through the API, then Ctrl+C (SIGINT) or `kill` (SIGTERM): exit status 0,
+    no abort ('terminate called ...', status 134), no traceback, and no child process left behind."""
+    import psutil
     from PIL import Image
 
     from lora_ui.infotext import read_infotext
 
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_TEMP_DIR=str(tmp_path / "gradio-tmp"))
-    log = open(tmp_path / "webui.log", "w")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_TEMP_DIR=str(tmp_path / "gradio-tmp"), PYTHONFAULTHANDLER="1")
+    log_path = tmp_path / "webui.log"
+    log = open(log_path, "w")
+    # SIGINT must reach Python's default handler whatever the shell that started pytest did with it.
     proc = subprocess.Popen([sys.executable, str(ROOT / "webui.py"), "--data-dir", str(tmp_path), "--port", str(port),
-                             "--api"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                             "--api"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 540  # generous: the shared test machines can be very busy
-        while True:  # the API routes are added right after the page comes up: wait for both
-            try:
-                status, page = _get(base + "/", timeout=5)
-                _get(base + "/sdapi/v1/samplers", timeout=5)
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "webui.log").read_text()[-3000:]
-                assert time.time() < deadline, "the UI did not come up in 540 s"
-                time.sleep(1)
+        status, page = _wait_until_up(proc, base, log_path)
         assert status == 200 and b"<html" in page.lower()
         try:
             status, body = _get(base + "/sdapi/v1/txt2img",
                                 {"prompt": "a cat", "steps": 1, "seed": 77, "sampler_name": "Euler", "save_images": True})
         except OSError as e:
-            raise AssertionError(f"{e}\n{(tmp_path / 'webui.log').read_text()[-3000:]}") from None
+            raise AssertionError(f"{e}\n{log_path.read_text()[-3000:]}") from None
         assert status == 200
         image = Image.open(io.BytesIO(base64.b64decode(json.loads(body)["images"][0])))
         assert image.size[0] % 8 == 0 and image.size[0] >= 16
         saved = tmp_path / "outputs" / "txt2img-images" / date.today().isoformat() / "00000-77.png"
         assert saved.is_file()
         assert "Seed: 77" in read_infotext(saved)
+
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(stop_signal)
+        code = proc.wait(timeout=120)
+        output = log_path.read_text()
+        assert code == 0, output[-3000:]
+        assert "terminate called" not in output and "Traceback" not in output, output[-3000:]
+        assert "LoRA UI stopped" in output and "did not finish" not in output, output[-3000:]
+        left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"child processes outlived the server: {left}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
+            proc.wait(timeout=30)
         log.close()

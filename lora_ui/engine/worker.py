@@ -295,11 +295,13 @@ class Worker:
         with self._lock:
             return self._current_job_id is not None or not self._queue.empty()
 
-    def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> None:
-        """Stop accepting jobs, cancel queued ones, interrupt the running one, end the thread."""
+    def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> bool:
+        """Stop accepting jobs, cancel queued ones, interrupt the running one, end the thread and give
+        the LoRA manager's memory and background thread back. Returns False (and logs a warning) when
+        the worker thread did not end within `timeout`; then the LoRA manager is left to it."""
         with self._lock:
             if self._stopped:
-                return
+                return not self._thread.is_alive()
             self._stopped = True
         while True:
             try:
@@ -310,8 +312,14 @@ class Worker:
                 item.future.cancel()
         self.interrupt()
         self._queue.put(None)
-        if wait:
-            self._thread.join(timeout)
+        if not wait:
+            return False
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the worker thread did not stop within %s s (a render is still running)", timeout)
+            return False
+        self._close_loras()  # the worker thread has ended: nothing else touches the manager now
+        return True
 
     # ---------------------------------------------------------------- worker thread
     def _run(self) -> None:

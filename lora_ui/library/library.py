@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import tempfile
@@ -39,6 +40,8 @@ from lora_ui.library.inspect import FileSummary, decode_metadata, summarize_head
 from lora_ui.lora.spec import LoraSpec
 from lora_ui.prompt import LoraTag
 from lora_ui.safetensors_header import SafetensorsHeaderError, read_header
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LoraLibrary", "LoraEntry", "RefreshReport", "LibraryError", "LORA_SUFFIXES", "CACHE_FILE_NAME"]
 
@@ -291,6 +294,7 @@ class LoraLibrary:
         self.conflicts: list[str] = []
         self._temp_preview_dir: Path | None = None
         self._hash_thread: threading.Thread | None = None
+        self._closing = threading.Event()       # set by close(): the hashing thread stops between files
 
     # ------------------------------------------------------------------ public API
     @property
@@ -460,12 +464,14 @@ class LoraLibrary:
         return written
 
     def start_background_hashing(self) -> threading.Thread:
-        """Hash every entry whose hashes are not cached yet, in a daemon thread; the cache is saved as it
-        goes. Returns the thread (already running, or the one still running from before)."""
+        """Hash every entry whose hashes are not cached yet, on a background thread; the cache is saved as
+        it goes. Returns the thread (already running, or the one still running from before). Not a
+        daemon: `close()` stops it between two files and joins it."""
         with self._lock:
             if self._hash_thread is not None and self._hash_thread.is_alive():
                 return self._hash_thread
-            thread = threading.Thread(target=self._hash_all, name="lora-library-hashing", daemon=True)
+            self._closing.clear()
+            thread = threading.Thread(target=self._hash_all, name="lora-library-hashing", daemon=False)
             self._hash_thread = thread
             thread.start()
             return thread
@@ -476,6 +482,14 @@ class LoraLibrary:
             return True
         thread.join(timeout)
         return not thread.is_alive()
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Stop background hashing (after the file being hashed) and join it. False (logged) on timeout."""
+        self._closing.set()
+        done = self.wait_for_hashes(timeout)
+        if not done:
+            log.warning("LoRA hashing did not stop within %s s", timeout)
+        return done
 
     # ------------------------------------------------------------------ scanning
     def _walk(self, root: Path, report: RefreshReport) -> Iterable[tuple[str, dict[str, os.stat_result | None]]]:
@@ -720,6 +734,8 @@ class LoraLibrary:
     def _hash_all(self) -> None:
         last_save = time.monotonic()
         for entry in self.entries:
+            if self._closing.is_set():
+                break
             if entry.broken or entry.hashes_known():
                 continue
             entry.sha256()

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lora_ui.background import BackgroundLane, Deadline
+
 FAST = "fast"
 LOWMEM = "lowmem"
 _MISSING = object()
@@ -267,12 +269,11 @@ class _InPlace:
     signature: tuple
 
 
-def _release_later(tensors: list[Tensor]) -> None:
-    """Drop the last references to big tensors on a daemon thread: returning W-sized buffers to
-    the OS takes time that an unload should not wait for."""
-    if not tensors:
-        return
-    threading.Thread(target=tensors.clear, name="lora-release", daemon=True).start()
+def release_on(lane: BackgroundLane, tensors: list[Tensor]) -> None:
+    """Drop the last references to big tensors on `lane`: returning W-sized buffers to the OS takes
+    time that an unload should not wait for."""
+    if tensors:
+        lane.submit(tensors.clear)
 
 
 @dataclass(eq=False)
@@ -297,13 +298,15 @@ class ShadowPool:
     allocators of their own, and their memory is better given back to the next generation.
     """
 
-    def __init__(self, keep_seconds: float = 120.0):
+    def __init__(self, keep_seconds: float = 120.0, lane: BackgroundLane | None = None):
+        """`lane`: the thread that stages and releases buffers (the Patcher's; its own if None)."""
         self.keep_seconds = keep_seconds
         self._lock = threading.Lock()
         self._entries: dict[str, Pooled] = {}
         self._generation = 0
-        self._stager: threading.Thread | None = None
-        self._timer: threading.Timer | None = None  # the one pending expiry
+        self._lane = lane or BackgroundLane("lora-shadow-pool")
+        self._staging = False       # a staging pass is queued or running on the lane
+        self._timer: Deadline | None = None  # the one pending expiry
 
     def put(self, items: list[tuple[str, nn.Module, Tensor]]) -> list[Tensor]:
         """Keep the buffers that fit their layer (CPU, same shape and dtype as its weight) and start
@@ -324,11 +327,11 @@ class ShadowPool:
             self._generation += 1
             generation = self._generation
         self._start_staging()
-        if self._timer is not None:
-            self._timer.cancel()  # the newest buffers set the pool's deadline
-        self._timer = threading.Timer(self.keep_seconds, self._expire, args=(generation,))
-        self._timer.daemon = True
-        self._timer.start()
+        with self._lock:
+            old, self._timer = self._timer, Deadline(self.keep_seconds, lambda: self._expire(generation),
+                                                     self._lane, "lora-shadow-expiry")
+        if old is not None:
+            old.cancel()  # the newest buffers set the pool's deadline
         return rejected
 
     def take(self, target_id: str, module: nn.Module) -> Pooled | None:
@@ -340,10 +343,8 @@ class ShadowPool:
         return entry
 
     def wait_staged(self, timeout: float | None = None) -> None:
-        """Block until the background re-staging is done (tests, benchmarks)."""
-        stager = self._stager
-        if stager is not None:
-            stager.join(timeout)
+        """Block until the background re-staging (and any release queued before it) is done."""
+        self._lane.wait(timeout)
 
     def release(self, wait: bool = False) -> None:
         """Return every pooled buffer to the OS now (on a background thread unless `wait`)."""
@@ -357,7 +358,12 @@ class ShadowPool:
         if wait:
             buffers.clear()
         else:
-            _release_later(buffers)
+            release_on(self._lane, buffers)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Release every buffer and stop the expiry timer; True when the lane finished in time."""
+        self.release(wait=True)
+        return self._lane.wait(timeout)
 
     @property
     def nbytes(self) -> int:
@@ -365,16 +371,18 @@ class ShadowPool:
             return sum(e.buffer.numel() * e.buffer.element_size() for e in self._entries.values())
 
     def _start_staging(self) -> None:
-        if self._stager is not None and self._stager.is_alive():
-            return  # the running stager picks up the new entries too
-        self._stager = threading.Thread(target=self._stage_all, name="lora-shadow-stage", daemon=True)
-        self._stager.start()
+        with self._lock:
+            if self._staging:
+                return  # the queued or running pass picks up the new entries too
+            self._staging = True
+        self._lane.submit(self._stage_all)
 
     def _stage_all(self) -> None:
         while True:
             with self._lock:
                 entry = next((e for e in self._entries.values() if not e.staged), None)
                 if entry is None:
+                    self._staging = False
                     return
                 module = entry.module_ref()
                 if module is not None:
@@ -404,7 +412,8 @@ class Patcher:
 
     def __init__(self, keep_shadows_seconds: float = 120.0):
         self.layers: dict[str, LayerPatch] = {}
-        self.pool = ShadowPool(keep_shadows_seconds)
+        self._lane = BackgroundLane("lora-release")  # frees and re-stages W-sized buffers off the hot path
+        self.pool = ShadowPool(keep_shadows_seconds, self._lane)
 
     def plan(self, wanted: dict[str, tuple[nn.Module, list[Contribution]]], mode: str) -> dict[str, object]:
         """Build the new state of every layer whose contributions changed, without touching any
@@ -459,16 +468,18 @@ class Patcher:
                 change.install()
                 self.layers[target_id] = change
         garbage += self.pool.put(freed) if keep_freed else [t for _, _, t in freed]
-        _release_later(garbage)
+        release_on(self._lane, garbage)
 
     def clear(self) -> None:
         """Unpatch every layer (their shadows go to the pool)."""
         self.commit(dict.fromkeys(self.layers))
 
-    def close(self) -> None:
-        """Unpatch everything and give every buffer back (the pipeline is going away)."""
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Unpatch everything, give every buffer back and join the background thread (the pipeline is
+        going away). False (logged) when the thread did not end within `timeout`."""
         self.commit(dict.fromkeys(self.layers), keep_freed=False)
-        self.pool.release()
+        self.pool.close(timeout)
+        return self._lane.close(timeout)
 
     @property
     def shadow_bytes(self) -> int:

@@ -25,6 +25,74 @@ def rel_err(actual: Tensor, expected: Tensor) -> float:
     return diff / base if base > 0 else diff
 
 
+# ---- how close fp32 can be: element-wise bounds from the arithmetic -------------------------------------
+#
+# The code under test computes in fp32; these formulas compute the exact value of the same inputs in
+# float64 (exact up to ~1e-16, negligible here). Standard rounding-error analysis (Higham, "Accuracy and
+# Stability of Numerical Algorithms", §3.1): with unit roundoff u = 2**-24, a sum of k products computed
+# in fp32 in any order is within  k·u·Σ|a_i·b_i|  of the exact sum (to first order), and every further
+# multiply, add or cast adds one u times the magnitude of its operands. So each element gets its own
+# bound  depth·u·magnitude, where `magnitude` is the same formula evaluated on the absolute values of
+# every input (Σ|terms|, not |Σ terms|: near-cancelling terms are exactly where fp32 loses digits, and
+# where a fixed relative tolerance fails by chance on tiny random shapes), and `depth` is the longest
+# chain of roundings (the reduction length plus the scalar steps after it). A real formula error of
+# the kind these tests look for (a missing term, a wrong scale, a transposed factor) is of the size of
+# the result itself, orders of magnitude above these bounds.
+
+U32 = 2.0**-24
+TINY = 2.0**-126  # fp32's smallest normal: results below it round absolutely, not relatively
+
+
+def fp32_bound(magnitude: Tensor, depth: int) -> Tensor:
+    """Per-element bound on |fp32 result − exact result| (see above)."""
+    return depth * U32 * d(magnitude).abs() + depth * TINY
+
+
+def assert_fp32_close(got: Tensor, want: Tensor, magnitude: Tensor, depth: int, what: str = "") -> None:
+    """Every element of `got` within `fp32_bound(magnitude, depth)` of the float64 `want`; the message
+    names the worst element, its error and its bound."""
+    g, w = d(got), d(want)
+    assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)} != {tuple(w.shape)}"
+    err = (g - w).abs()
+    bound = fp32_bound(magnitude.reshape(w.shape), depth)
+    ratio = err / bound
+    worst = int(ratio.argmax())
+    assert ratio.reshape(-1)[worst] <= 1.0, (
+        f"{what}: element {worst} off by {err.reshape(-1)[worst]:.3e}, bound {bound.reshape(-1)[worst]:.3e} "
+        f"(depth {depth}, magnitude {d(magnitude).reshape(-1)[worst]:.3e})")
+
+
+def abs_inputs(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The inputs with every value replaced by its absolute value (to evaluate Σ|terms| with a formula)."""
+    return tuple(None if t is None else d(t).abs() for t in tensors)
+
+
+def dora_magnitude(weight: Tensor, scaled_delta: Tensor, delta_magnitude: Tensor, dora_scale: Tensor,
+                   dora_axis: str) -> Tensor:
+    """Σ|terms| for DoRA's  (W + ΔW)·s/‖W + ΔW‖ − W  (ΔW already scaled, exact in float64; its own
+    magnitude `delta_magnitude`). Error sources, each bounded element-wise by u times:
+      * ΔW's rounding, carried through the rescale:      (|s|/‖·‖)·(|ΔW|mag + |W|)
+      * the norm's (length-n reduction, relative) and the rescale's own roundings, and the same rounding
+        of ΔW seen through the norm:                      |rescaled|·(1 + ‖|ΔW|mag + |W|‖/‖·‖)
+      * the final subtraction:                            |W|
+    A depth of (reduction length + a few) then covers every path."""
+    w = d(weight)
+    merged = w + d(scaled_delta)
+    spread = d(delta_magnitude) + w.abs()
+    if dora_axis == "column":
+        def norm_of(x):
+            return x.transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1).sqrt()
+        view = [1, w.shape[1]] + [1] * (w.dim() - 2)
+    else:
+        def norm_of(x):
+            return x.reshape(w.shape[0], -1).pow(2).sum(1).sqrt()
+        view = [w.shape[0]] + [1] * (w.dim() - 1)
+    norm = norm_of(merged).reshape(view)
+    gain = d(dora_scale).abs().reshape(view) / norm
+    rescaled = merged.abs() * gain
+    return gain * spread + rescaled * (1 + norm_of(spread).reshape(view) / norm) + w.abs()
+
+
 # ---- the shared finalize step ----------------------------------------------------------------------
 
 

@@ -337,7 +337,8 @@ def test_lora_dyn_keeps_first_components_with_full_rank_scale(out, inp, rank, dy
     W = weight_of(lin)
     got, _ = module.delta(W, multiplier, dyn=dyn)
     want = F.finalize(F.lora_raw(up, down, dyn=dyn), W, alpha / rank, multiplier)
-    assert F.rel_err(got, want) <= TOL
+    magnitude = F.finalize(F.lora_raw(*F.abs_inputs(up, down), dyn=dyn), W, alpha / rank, abs(multiplier))
+    F.assert_fp32_close(got, want, magnitude, depth=min(dyn, rank) + 4)
 
 
 @settings(max_examples=25, deadline=None)
@@ -353,12 +354,16 @@ def test_locon_random_shapes(out, inp, rank, kernel, alpha, seed, tucker) -> Non
         up, down, mid = rnd(g, out, rank, 1, 1), rnd(g, rank, inp, 1, 1), rnd(g, rank, rank, kernel, kernel)
         parts = lora_parts(up, down, alpha=torch.tensor(alpha), **{"lora_mid.weight": mid})
         raw = F.lora_tucker_raw(up, down, mid)
+        magnitude = F.lora_tucker_raw(*F.abs_inputs(up, down, mid))
+        depth = 2 * rank + 4  # two contractions over the rank, then scale and multiplier
     else:
         up, down = rnd(g, out, rank, 1, 1), rnd(g, rank, inp, kernel, kernel)
         parts = lora_parts(up, down, alpha=torch.tensor(alpha))
         raw = F.lora_raw(up, down)
+        magnitude = F.lora_raw(*F.abs_inputs(up, down))
+        depth = rank + 4
     got, _ = load_network_module(parts, c).delta(W, 0.7)
-    assert F.rel_err(got, F.finalize(raw, W, alpha / rank, 0.7)) <= TOL
+    F.assert_fp32_close(got, F.finalize(raw, W, alpha / rank, 0.7), F.finalize(magnitude, W, alpha / rank, 0.7), depth)
 
 
 @settings(max_examples=20, deadline=None)
@@ -375,7 +380,11 @@ def test_dora_random_shapes_both_axes(out, inp, rank, seed, axis) -> None:
     if out == inp == 1:
         axis = "column"  # both axes are the same single element
     want = F.finalize(F.lora_raw(up, down), W, 1.0 / rank, 0.9, dora_scale=magnitude, dora_axis=axis)
-    assert F.rel_err(got, want) <= TOL
+    scaled = F.finalize(F.lora_raw(up, down), W, 1.0 / rank, 1.0)
+    spread = F.finalize(F.lora_raw(*F.abs_inputs(up, down)), W, 1.0 / rank, 1.0)
+    bound_terms = 0.9 * F.dora_magnitude(W, scaled, spread, magnitude, axis)
+    norm_length = out if axis == "column" else inp
+    F.assert_fp32_close(got, want, bound_terms, depth=rank + norm_length + 8)
 
 
 def test_peft_magnitude_vector_is_row_dora() -> None:
@@ -508,7 +517,11 @@ def test_lokr_random_shapes_and_forms(o1, o2, i1, i2, rank, kernel, w1_form, w2_
     )
     scale = 1.0 if (w1_form == "full" and w2_form == "full") else 1.5 / rank
     assert module.scale == pytest.approx(scale)
-    assert F.rel_err(module.delta(W, -0.4)[0], F.finalize(raw, W, scale, -0.4)) <= TOL
+    magnitude = F.lokr_raw(*[None if t is None else t.abs() for t in (
+        parts.get("lokr_w1"), parts.get("lokr_w1_a"), parts.get("lokr_w1_b"), parts.get("lokr_w2"),
+        parts.get("lokr_w2_a"), parts.get("lokr_w2_b"), parts.get("lokr_t2"))])
+    F.assert_fp32_close(module.delta(W, -0.4)[0], F.finalize(raw, W, scale, -0.4),
+                        F.finalize(magnitude, W, scale, 0.4), depth=2 * rank + 6)
 
 
 @settings(max_examples=20, deadline=None)
@@ -527,7 +540,10 @@ def test_loha_random_shapes(out, inp, rank, kernel, tucker, seed) -> None:
         p = (rnd(g, out, rank), rnd(g, rank, fan_in), rnd(g, out, rank), rnd(g, rank, fan_in))
         names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
     module = load_network_module({**dict(zip(names, p)), "alpha": torch.tensor(2.0)}, target)
-    assert F.rel_err(module.delta(W, 1.2)[0], F.finalize(F.loha_raw(*p), W, 2.0 / rank, 1.2)) <= TOL
+    magnitude = F.finalize(F.loha_raw(*F.abs_inputs(*p)), W, 2.0 / rank, 1.2)
+    # each factor: up to two contractions over the rank; then their product, scale and multiplier
+    F.assert_fp32_close(module.delta(W, 1.2)[0], F.finalize(F.loha_raw(*p), W, 2.0 / rank, 1.2), magnitude,
+                        depth=2 * (2 * rank) + 6)
 
 
 # Factors stay on the CPU (file tensors); ΔW is computed on the weight's device. On a machine with a
