@@ -74,3 +74,14 @@ def _session_leaves_no_child_process():
     if alive:
         pytest.fail("child processes left running at the end of the test session: "
                     + ", ".join(f"{p.pid} {' '.join(p.cmdline()[:3])}" for p in alive), pytrace=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: without it they are deselected (shown as "deselected" in the
+    summary, never as passed or skipped-green)."""
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]

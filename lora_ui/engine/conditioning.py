@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lora_ui.engine.prompt_schedule import get_schedule, index_at_call, split_and
+from lora_ui.engine.sampling.cond import Cond, ImageConds
+
 CHUNK_LENGTH = 75
 COMMA_BACKTRACK = 20
 ROUND_MULTIPLIER = 1.1
@@ -161,15 +164,26 @@ def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
     return chunks
 
 
-def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
-    """A1111 "Original" emphasis. z: (B, 77, D), multipliers: (B, 77) -> (B, 77, D), in fp32."""
+def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """A1111 "Original" emphasis. z: (B, 77, D), multipliers: (B, 77) -> (B, 77, D), in fp32.
+
+    The means are over the whole batch (all B rows together, as A1111 encodes a prompt's edit
+    variants in one batch). counts (B,): how often each row occurs in that batch (rows that repeat,
+    e.g. alternation variants, are encoded once and weighted here); None = each row once."""
     z = z.float()
-    original_mean = z.mean()
     weighted = z * multipliers.float().unsqueeze(-1)
-    new_mean = weighted.mean()
+    if counts is None:
+        original_mean, new_mean, scale = z.mean(), weighted.mean(), z.abs().mean()
+    else:
+        w = counts.to(z.device, torch.float64) / counts.sum()
+
+        def mean(t):
+            return (t.double().mean(dim=(1, 2)) * w).sum().float()
+
+        original_mean, new_mean, scale = mean(z), mean(weighted), mean(z.abs())
     # A mean near zero (an untrained final layer norm has bias 0) would turn the rescale into inf/NaN;
     # real CLIP hidden states have a clearly non-zero mean, so this only guards degenerate models.
-    if not torch.isfinite(original_mean / new_mean) or new_mean.abs() < 1e-4 * z.abs().mean():
+    if not torch.isfinite(original_mean / new_mean) or new_mean.abs() < 1e-4 * scale:
         return weighted
     return weighted * (original_mean / new_mean)
 
@@ -188,24 +202,43 @@ def _encode_chunk(text_encoder, ids: torch.Tensor, *, hidden_index: int | None, 
     return z, pooled
 
 
-def encode_with_encoder(text_encoder, tokenizer, prompt: str, *, hidden_index: int | None,
-                        final_norm: bool, pad_id: int | None = None):
-    """One encoder: prompt -> (z (1, 77*n, D) with emphasis, pooled of chunk 0 (1, P) or None)."""
-    device = text_encoder.device
-    dtype = text_encoder.dtype
+def _pad_after_eos(tokens: list[int], tokenizer, pad_id: int | None) -> list[int]:
+    """SDXL's second encoder: everything after the first EOS becomes `pad_id`."""
+    if pad_id is None or pad_id == tokenizer.eos_token_id:
+        return list(tokens)
+    first_eos = tokens.index(tokenizer.eos_token_id)
+    return tokens[:first_eos + 1] + [pad_id] * (len(tokens) - first_eos - 1)
+
+
+def encode_texts_with_encoder(text_encoder, tokenizer, texts: list[str], *, hidden_index: int | None,
+                              final_norm: bool, pad_id: int | None = None, counts: torch.Tensor | None = None):
+    """One encoder, texts encoded as one batch the A1111 way -> (z (n, 77*k, D), pooled (n, P) or None).
+
+    k = the largest chunk count; shorter texts get empty-prompt chunks appended (A1111 pads a batch
+    of texts this way). Chunk i of all texts goes through the encoder together and gets the emphasis
+    rescale with the mean over that (n, 77, D) batch; counts (n,) weights rows that stand for several
+    identical texts (see apply_emphasis). Pooled is chunk 0's."""
+    device, dtype = text_encoder.device, text_encoder.dtype
+    per_text = [tokenize_chunks(tokenizer, t) for t in texts]
+    empty = tokenize_chunks(tokenizer, "")[0]
     zs, pooled = [], None
-    for i, chunk in enumerate(tokenize_chunks(tokenizer, prompt)):
-        tokens = list(chunk.tokens)
-        if pad_id is not None and pad_id != tokenizer.eos_token_id:
-            first_eos = tokens.index(tokenizer.eos_token_id)
-            tokens[first_eos + 1:] = [pad_id] * (len(tokens) - first_eos - 1)
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+    for i in range(max(len(chunks) for chunks in per_text)):
+        batch = [chunks[i] if i < len(chunks) else empty for chunks in per_text]
+        ids = torch.tensor([_pad_after_eos(c.tokens, tokenizer, pad_id) for c in batch], dtype=torch.long,
+                           device=device)
         z, chunk_pooled = _encode_chunk(text_encoder, ids, hidden_index=hidden_index, final_norm=final_norm)
-        mults = torch.tensor([chunk.multipliers], device=device)
-        zs.append(apply_emphasis(z, mults).to(dtype))
+        mults = torch.tensor([c.multipliers for c in batch], device=device)
+        zs.append(apply_emphasis(z, mults, counts).to(dtype))
         if i == 0:
             pooled = chunk_pooled
     return torch.cat(zs, dim=1), pooled
+
+
+def encode_with_encoder(text_encoder, tokenizer, prompt: str, *, hidden_index: int | None,
+                        final_norm: bool, pad_id: int | None = None):
+    """One encoder: prompt -> (z (1, 77*n, D) with emphasis, pooled of chunk 0 (1, P) or None)."""
+    return encode_texts_with_encoder(text_encoder, tokenizer, [prompt], hidden_index=hidden_index,
+                                     final_norm=final_norm, pad_id=pad_id)
 
 
 @dataclass
@@ -230,19 +263,28 @@ class Conditioning:
         return kw
 
 
+def _encode_sd1_texts(pipe, texts: list[str], clip_skip: int, counts: torch.Tensor | None = None):
+    """SD1 batch of texts -> (z (n, 77*k, 768), None)."""
+    hidden_index, final_norm = (-clip_skip, True) if clip_skip > 1 else (None, False)
+    return encode_texts_with_encoder(pipe.text_encoder, pipe.tokenizer, texts, hidden_index=hidden_index,
+                                     final_norm=final_norm, counts=counts)[0], None
+
+
+def _encode_sdxl_texts(pipe, texts: list[str], counts: torch.Tensor | None = None):
+    """SDXL batch of texts -> (z (n, 77*k, D1+D2), pooled (n, P)); clip skip is ignored (A1111)."""
+    z1, _ = encode_texts_with_encoder(pipe.text_encoder, pipe.tokenizer, texts, hidden_index=-2,
+                                      final_norm=False, counts=counts)
+    z2, pooled = encode_texts_with_encoder(pipe.text_encoder_2, pipe.tokenizer_2, texts, hidden_index=-2,
+                                           final_norm=False, pad_id=pipe.tokenizer_2.pad_token_id, counts=counts)
+    return torch.cat([z1, z2], dim=-1), pooled
+
+
 def _encode_sd1(pipe, prompt: str, clip_skip: int):
-    if clip_skip > 1:
-        return encode_with_encoder(pipe.text_encoder, pipe.tokenizer, prompt, hidden_index=-clip_skip,
-                                   final_norm=True)[0], None
-    return encode_with_encoder(pipe.text_encoder, pipe.tokenizer, prompt, hidden_index=None,
-                               final_norm=False)[0], None
+    return _encode_sd1_texts(pipe, [prompt], clip_skip)
 
 
 def _encode_sdxl(pipe, prompt: str):
-    z1, _ = encode_with_encoder(pipe.text_encoder, pipe.tokenizer, prompt, hidden_index=-2, final_norm=False)
-    z2, pooled = encode_with_encoder(pipe.text_encoder_2, pipe.tokenizer_2, prompt, hidden_index=-2,
-                                     final_norm=False, pad_id=pipe.tokenizer_2.pad_token_id)
-    return torch.cat([z1, z2], dim=-1), pooled
+    return _encode_sdxl_texts(pipe, [prompt])
 
 
 def _pad_to(z: torch.Tensor, chunks: int, empty: torch.Tensor) -> torch.Tensor:
@@ -276,3 +318,124 @@ def encode_prompts(pipe, arch: str, prompt: str, negative_prompt: str = "", *, c
         chunks = max(cond.shape[1], uncond.shape[1]) // (CHUNK_LENGTH + 2)
         cond, uncond = _pad_to(cond, chunks, empty), _pad_to(uncond, chunks, empty)
     return Conditioning(cond, uncond, pooled, uncond_pooled)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prompt editing / alternation / AND -> StepConds (A1111 1.10, reference §4, §6)
+# ------------------------------------------------------------------------------------------------
+
+def _texts_encoder(pipe, arch: str, clip_skip: int):
+    """(texts, counts) -> (z (n, 77*k, D), pooled (n, P) or None) for the pipeline's architecture."""
+    if clip_skip < 1:
+        raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
+    if arch == "sd1":
+        return lambda texts, counts=None: _encode_sd1_texts(pipe, texts, clip_skip, counts)
+    if arch == "sdxl":
+        return lambda texts, counts=None: _encode_sdxl_texts(pipe, texts, counts)
+    raise ValueError(f"Unknown architecture {arch!r}; expected 'sd1' or 'sdxl'.")
+
+
+def _encode_schedule(encode, schedule: list[tuple[int, str]], zero: bool) -> list[Cond]:
+    """One prompt's schedule -> one Cond per entry. Its variant texts are encoded as one batch (equal
+    chunk counts, shared emphasis rescale); each distinct text goes through the encoder once.
+    zero: SDXL empty negative -> all-zero embeddings and pooled (one chunk)."""
+    texts = [text for _, text in schedule]
+    unique = list(dict.fromkeys(texts))
+    counts = torch.tensor([texts.count(t) for t in unique], dtype=torch.float64)
+    z, pooled = encode(unique, counts)
+    if zero:
+        z, pooled = torch.zeros_like(z[:, :CHUNK_LENGTH + 2]), torch.zeros_like(pooled)
+    conds = {t: Cond(z[i:i + 1], None if pooled is None else pooled[i:i + 1]) for i, t in enumerate(unique)}
+    return [conds[t] for t in texts]
+
+
+@dataclass(frozen=True)
+class _Scheduled:
+    """One prompt's conditioning over the steps: entry i is used up to (and including) ends[i]."""
+
+    ends: tuple[int, ...]
+    conds: tuple[Cond, ...]
+
+    def at(self, call: int) -> Cond:
+        return self.conds[index_at_call(list(self.ends), call)]
+
+
+def _repeat_last(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - embeds.shape[1]
+    return torch.cat([embeds, embeds[:, -1:].repeat(1, missing, 1)], dim=1) if missing > 0 else embeds
+
+
+def _pad_call(images: list[ImageConds], empty: torch.Tensor) -> list[ImageConds]:
+    """A1111's "Pad conds" (pad_cond_uncond) for one call: the shorter side (cond batch or uncond)
+    gets empty-prompt 77-blocks. The cond batch is as long as its longest term; when it is the shorter
+    side, a shorter term first repeats its last vector up to that length (as A1111's cond stacking
+    does) and then gets the empty blocks. empty: (1, 77, D)."""
+    lc = max(c.length for im in images for c, _ in im.terms)
+    lu = max(im.uncond.length for im in images)
+
+    def pad(cond: Cond, length: int) -> Cond:
+        if cond.length >= length:
+            return cond
+        blocks = [empty] * ((length - cond.length) // empty.shape[1])
+        return Cond(torch.cat([cond.embeds, *blocks], dim=1), cond.pooled)
+
+    if lc > lu:
+        return [ImageConds(im.terms, pad(im.uncond, lc)) for im in images]
+    if lu > lc:
+        return [ImageConds(tuple((pad(Cond(_repeat_last(c.embeds, lc), c.pooled), lu), w) for c, w in im.terms),
+                           im.uncond) for im in images]
+    return images
+
+
+@dataclass(frozen=True)
+class ScheduledConds:
+    """A StepConds: call index -> one ImageConds per image. images[i] = (((scheduled, weight), ...),
+    scheduled negative); pad_empty: the empty prompt's embeds (1, 77, D) when "Pad conds" is on."""
+
+    images: tuple
+    pad_empty: torch.Tensor | None = None
+
+    def __call__(self, call: int) -> list[ImageConds]:
+        out = [ImageConds(tuple((s.at(call), w) for s, w in terms), neg.at(call)) for terms, neg in self.images]
+        return out if self.pad_empty is None else _pad_call(out, self.pad_empty)
+
+
+@torch.no_grad()
+def encode_step_conds(pipe, arch: str, prompts: list[str], negative_prompts: list[str] | str, steps: int, *,
+                      clip_skip: int = 1, pad_conds: bool = False, hires_base_steps: int | None = None,
+                      old_timelines: bool = False) -> ScheduledConds:
+    """Encode a batch of prompts (one per image) with A1111's editing, alternation and AND -> StepConds.
+
+    prompts: B positive prompts, split on AND (weights kept, terms in order); negative_prompts: B
+    prompts (or one for all), editing only. steps: the count the prompts are scheduled over (A1111
+    doubles the sampling steps for second-order samplers; pass it already scaled). Denoiser call c
+    uses each schedule's first entry with c <= end (prompt_schedule.index_at_call).
+
+    Encoding, as A1111's get_learned_conditioning: every distinct (sub)prompt is encoded once, the
+    texts of its schedule together as one batch: they get the same chunk count (shorter variants get
+    empty-prompt chunks appended) and, with emphasis "Original", chunk i of every variant is rescaled
+    by mean(z)/mean(z*w) taken over the whole batch of variants (texts x 77 x D) - not per variant.
+    Different prompts are encoded separately. Cond.embeds are (1, 77*k, D); SDXL keeps the pooled
+    output of encoder 2 (chunk 0); an SDXL negative whose texts are all "" is all zeros when the
+    pipeline's `force_zeros_for_empty_prompt` is set (as encode_prompts).
+
+    Chunk counts may differ between terms, images and the negative: no padding (A1111's default).
+    pad_conds=True is A1111's "Pad conds": see _pad_call."""
+    negatives = [negative_prompts] * len(prompts) if isinstance(negative_prompts, str) else list(negative_prompts)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+    encode = _texts_encoder(pipe, arch, clip_skip)
+    zero_empty_negative = arch == "sdxl" and bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
+    cache: dict[tuple[str, bool], _Scheduled] = {}
+
+    def scheduled(prompt: str, negative: bool) -> _Scheduled:
+        if (prompt, negative) not in cache:
+            schedule = get_schedule(prompt, steps, hires_base_steps=hires_base_steps, old_timelines=old_timelines)
+            zero = negative and zero_empty_negative and all(text == "" for _, text in schedule)
+            conds = _encode_schedule(encode, schedule, zero)
+            cache[(prompt, negative)] = _Scheduled(tuple(e for e, _ in schedule), tuple(conds))
+        return cache[(prompt, negative)]
+
+    images = tuple((tuple((scheduled(text, False), w) for text, w in split_and(p)), scheduled(n, True))
+                   for p, n in zip(prompts, negatives))
+    return ScheduledConds(images, encode([""])[0] if pad_conds else None)
