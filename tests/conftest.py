@@ -64,12 +64,22 @@ def _module_joins_its_threads():
                     + ", ".join(f"{t.name} (daemon={t.daemon})" for t in leaked), pytrace=False)
 
 
+def _is_resource_tracker(process: psutil.Process) -> bool:
+    """multiprocessing's own resource tracker (started with the first 'spawn' pool) lives until this
+    interpreter exits, by design; it is Python's, not something a test forgot."""
+    try:
+        return any("multiprocessing.resource_tracker" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_leaves_no_child_process():
     """At the end of the run no child process of pytest may still be running (servers, pools, browsers)."""
     yield
     me = psutil.Process()
-    children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+                and not _is_resource_tracker(c)]
     _, alive = psutil.wait_procs(children, timeout=10)
     if alive:
         pytest.fail("child processes left running at the end of the test session: "
