@@ -153,8 +153,10 @@ def sample_dpm_2_ancestral(model: Model, x: Tensor, sigmas: Tensor, *, noise: No
 def lms_coefficient(order: int, t: np.ndarray, i: int, j: int) -> float:
     """Integral over [t_i, t_i+1] of the Lagrange basis polynomial of node t_{i-j} on nodes t_i..t_{i-order+1}
     (linear multistep in sigma; computed exactly, k-diffusion uses quadrature to 1e-4 relative)."""
-    nodes = [t[i - k] for k in range(order) if k != j]
-    poly = np.polynomial.Polynomial.fromroots(nodes) / np.prod([t[i - j] - n for n in nodes])
+    poly = np.polynomial.Polynomial([1.0])
+    for k in range(order):
+        if k != j:
+            poly = poly * np.polynomial.Polynomial([-t[i - k], 1.0]) / (t[i - j] - t[i - k])
     antiderivative = poly.integ()
     return float(antiderivative(t[i + 1]) - antiderivative(t[i]))
 
