@@ -219,7 +219,7 @@ def sample_unipc(model: EpsModel, x: Tensor, steps: int, alphas_cumprod: Tensor,
     if steps < order:
         raise ValueError(f"UniPC needs at least order={order} steps")
     solver = _UniPC(model, VPSchedule(alphas_cumprod), variant)
-    times = unipc_times(steps).reshape(-1, 1)
+    times = unipc_times(steps)                                   # 0-d t per step
     models, ts = [solver.x0(x, times[0])], [times[0]]
     for step in range(1, steps + 1):
         t = times[step]
