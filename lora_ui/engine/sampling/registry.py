@@ -231,7 +231,8 @@ def sample(name: str, schedule: str | None, cfg: CFGDenoiser, noise: Tensor, ste
     model_schedule = LCMDenoiser(denoiser).schedule if spec.family == "lcm" else denoiser.schedule
     p = plan(name, schedule, steps, model_schedule, options)
     if spec.family == "timestep":
-        return _run_timestep(p, cfg.with_inner(denoiser.eps_at_timestep), noise, noise_source, callback, options)
+        abar = denoiser.schedule.alphas_cumprod.to(noise.device)
+        return _run_timestep(p, cfg.with_inner(denoiser.eps_at_timestep), abar, noise, noise_source, callback, options)
     model = cfg.with_inner(LCMDenoiser(denoiser)) if spec.family == "lcm" else cfg
     sigmas = p.sigmas.to(noise.device)
     x = noise * (torch.sqrt(1.0 + sigmas[0] ** 2) if options.sgm_noise_multiplier else sigmas[0])
@@ -257,9 +258,8 @@ def sample(name: str, schedule: str | None, cfg: CFGDenoiser, noise: Tensor, ste
     return spec.fn(model, x, sigmas, noise=noise_source, callback=callback, **kwargs)
 
 
-def _run_timestep(p: Plan, model: CFGDenoiser, z: Tensor, noise_source: K.NoiseSource, callback: K.Callback,
-                  options: SamplingOptions) -> Tensor:
-    abar = model.inner.__self__.schedule.alphas_cumprod.to(z.device)
+def _run_timestep(p: Plan, model: CFGDenoiser, abar: Tensor, z: Tensor, noise_source: K.NoiseSource,
+                  callback: K.Callback, options: SamplingOptions) -> Tensor:
     if p.spec.name == "UniPC":
         return T.sample_unipc(model, z, len(p.timesteps), abar, callback=callback, order=options.uni_pc_order,
                               variant=options.uni_pc_variant, lower_order_final=options.uni_pc_lower_order_final)
