@@ -10,10 +10,16 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PY" -m venv "$ROOT/.venv"
 fi
 STAMP="$ROOT/.venv/.stamp-$(basename "$REQ")"
-WANT="$(cat "$ROOT/$REQ" "$ROOT/requirements.txt" | sha256sum | cut -c1-16)"
+NODEPS="$ROOT/requirements-test-nodeps.txt"   # test references installed without their (training) deps
+EXTRA=""
+[ "$REQ" = "requirements-test.txt" ] && [ -f "$NODEPS" ] && EXTRA="$NODEPS"
+WANT="$(cat "$ROOT/$REQ" "$ROOT/requirements.txt" $EXTRA | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[setup] installing $REQ into .venv (first run only)"
   "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
   "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q -r "$ROOT/$REQ"
+  if [ -n "$EXTRA" ]; then
+    "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps -r "$EXTRA"
+  fi
   echo "$WANT" > "$STAMP"
 fi
