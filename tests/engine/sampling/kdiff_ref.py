@@ -30,7 +30,7 @@ def _append_dims(x, target_dims):
 def _load():
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None:
-        pytest.skip("k-diffusion==0.1.1.post1 is not installed (requirements-test-nodeps.txt)")
+        pytest.fail("k-diffusion==0.1.1.post1 is not installed: run ./run_tests.sh (it installs requirements-test-nodeps.txt)", pytrace=False)
     root = Path(spec.submodule_search_locations[0])
     pkg = types.ModuleType(_PKG)
     pkg.__path__ = [str(root)]

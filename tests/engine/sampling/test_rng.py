@@ -235,7 +235,7 @@ def _x(batch=2):
 
 
 def test_brownian_cpu_equals_torchsde_tree():
-    torchsde = pytest.importorskip("torchsde")
+    import torchsde  # a runtime dependency (requirements.txt): missing is a failure, not a skip
     noise = BrownianNoise(_x(), SIG_MIN, SIG_MAX, [5, 6], source="CPU")
     lo, hi = float(torch.tensor(SIG_MIN)), float(torch.tensor(SIG_MAX))    # float32 sigmas, as samplers pass
     ref = torchsde.BrownianTree(lo, torch.zeros(4, 8, 8), hi, entropy=6, tol=1e-6)
@@ -269,7 +269,7 @@ def test_brownian_all_tree_normals_come_from_the_source(monkeypatch):
 
 
 def test_brownian_nv_does_not_leak_into_torchsde():
-    torchsde = pytest.importorskip("torchsde")
+    import torchsde  # a runtime dependency (requirements.txt): missing is a failure, not a skip
     before = torchsde.BrownianTree(0.0, torch.zeros(3), 1.0, entropy=9)(0.2, 0.7)
     BrownianNoise(_x(1), SIG_MIN, SIG_MAX, [9], "NV")(3.0, 2.0)
     assert torch.equal(torchsde.BrownianTree(0.0, torch.zeros(3), 1.0, entropy=9)(0.2, 0.7), before)
