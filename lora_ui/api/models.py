@@ -17,6 +17,15 @@ class Txt2ImgBody(_Lenient):
     prompt: str = Field("", description="Prompt; `<lora:name:weight>` tags apply LoRAs for this request only.")
     negative_prompt: str = ""
     seed: int = Field(-1, description="-1 = random")
+    subseed: int = Field(-1, description="Variation seed (-1 = random); used when subseed_strength > 0")
+    subseed_strength: float = Field(0.0, description="Variation strength, 0..1 (slerp towards the subseed's noise)")
+    seed_resize_from_h: int = Field(-1, description="'Seed resize from' height (> 0 with the width to take effect)")
+    seed_resize_from_w: int = Field(-1, description="'Seed resize from' width")
+    eta: float | None = Field(None, description="Eta of ancestral/SDE/DDIM samplers; None = A1111's default")
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float | None = None
+    s_noise: float = 1.0
     sampler_name: str | None = Field(None, description="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M'")
     sampler_index: str | None = Field(None, description="Old A1111 alias of sampler_name")
     scheduler: str | None = Field(None, description="A1111 'Schedule type': Automatic, Karras, ...")

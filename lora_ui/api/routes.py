@@ -130,7 +130,7 @@ class SdApi:
 
     def build_request(self, body: m.Txt2ImgBody, extra_lora_names: list[str] = ()) -> tuple[Any, str | None, list]:
         """Body -> (Txt2ImgRequest, checkpoint to render with or None, warnings). Raises ApiErrors."""
-        from lora_ui.engine import samplers
+        from lora_ui.engine.sampling import registry
         from lora_ui.engine.txt2img import Txt2ImgRequest
         from lora_ui.prompt import extract_lora_tags
 
@@ -154,16 +154,12 @@ class SdApi:
         if not math.isfinite(body.cfg_scale) or not 0 <= body.cfg_scale <= 30:
             errors.append(ApiError("cfg_scale", f"must be a number from 0 to 30, got {body.cfg_scale}"))
         sampler_field = "sampler_name" if body.sampler_name is not None else "sampler_index"
-        sampler = body.sampler_name or body.sampler_index or "Euler a"
+        sampler = body.sampler_name or body.sampler_index or "Euler"  # A1111's API default
         scheduler = body.scheduler or "Automatic"
-        try:
-            sampler = samplers.resolve_sampler(sampler).name
-        except samplers.SamplerError as exc:
-            errors.append(ApiError(sampler_field, str(exc)))
-        try:
-            scheduler = samplers.resolve_schedule(scheduler)
-        except samplers.SamplerError as exc:
-            errors.append(ApiError("scheduler", str(exc)))
+        try:  # old names ("DPM++ 2M Karras", "k_euler_a") resolve to a sampler + schedule type, as in A1111
+            sampler, scheduler = registry.parse_sampler_and_schedule(sampler, scheduler, convert_automatic=False)
+        except registry.SamplingError as exc:
+            errors.append(ApiError("scheduler" if "schedule" in str(exc) else sampler_field, str(exc)))
 
         _, tags, warnings = extract_lora_tags(body.prompt)
         errors += _malformed_lora_tags(body.prompt)
@@ -191,7 +187,7 @@ class SdApi:
             prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, scheduler=scheduler,
             steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
             batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
-            save_images=body.save_images,
+            save_images=body.save_images, **sampling_fields(body, overrides),
         )
         return request, checkpoint, list(warnings)
 
@@ -408,6 +404,48 @@ def _looks_like_path(name: str) -> bool:
 _LORA_TAG_RE = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)
 
 
+# override_settings key (A1111's option name) -> Txt2ImgRequest field, for the options that change sampling
+SAMPLING_OVERRIDES = {"eta_noise_seed_delta": "ensd", "randn_source": "rng", "sigma_min": "sigma_min",
+                      "sigma_max": "sigma_max", "rho": "rho", "eta_ancestral": "eta", "s_churn": "s_churn",
+                      "s_tmin": "s_tmin", "s_tmax": "s_tmax", "s_noise": "s_noise"}
+
+
+def sampling_fields(body: m.Txt2ImgBody, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The A1111 sampling fields of a body (+ the sampling options in override_settings) as
+    Txt2ImgRequest fields; values are checked by the engine's validation (a 422 naming the field)."""
+    fields: dict[str, Any] = {
+        "subseed": body.subseed, "subseed_strength": body.subseed_strength,
+        "seed_resize_from_w": max(0, body.seed_resize_from_w), "seed_resize_from_h": max(0, body.seed_resize_from_h),
+        "eta": body.eta, "s_churn": body.s_churn, "s_tmin": body.s_tmin, "s_noise": body.s_noise,
+        "s_tmax": body.s_tmax if body.s_tmax is not None else 0.0,
+    }
+    for option, name in SAMPLING_OVERRIDES.items():
+        if option in overrides:
+            fields[name] = overrides[option]
+    if fields["eta"] is None and "eta_ddim" in overrides and body.sampler_name in ("DDIM", "DDIM CFG++"):
+        fields["eta"] = overrides["eta_ddim"]
+    return fields
+
+
+def sampler_options_item(spec) -> dict[str, Any]:
+    """A1111's /samplers "options" of one sampler: its Automatic schedule and flags."""
+    options: dict[str, Any] = {}
+    if spec.schedule:
+        options["scheduler"] = spec.schedule
+    for flag, key in (("second_order", "second_order"), ("brownian", "brownian_noise"), ("uses_ensd", "uses_ensd"),
+                      ("discard_penultimate", "discard_next_to_last_sigma")):
+        if getattr(spec, flag):
+            options[key] = True
+    options.update({k: v for k, v in spec.extra.items()})
+    return options
+
+
+def schedule_item(st) -> dict[str, Any]:
+    """A1111's /schedulers entry; `need_inner_model`: the schedule reads the model's own sigma table."""
+    return {"name": st.key, "label": st.name, "aliases": list(st.aliases) or None, "default_rho": st.default_rho,
+            "need_inner_model": st.key in ("automatic", "uniform", "sgm_uniform", "simple", "normal", "ddim")}
+
+
 def _malformed_lora_tags(prompt: str) -> list[ApiError]:
     """The UI drops a malformed `<lora:...>` tag with a warning; an API client gets a 422 instead,
     since it asked for a LoRA it would silently not get (e.g. a path such as `<lora:C:\\x:1>`)."""
@@ -565,16 +603,17 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits
 
     @router.get("/samplers", response_model=list[m.SamplerItem], tags=a1111)
     def samplers():
-        from lora_ui.engine.samplers import SAMPLERS
+        """Every sampler, as A1111 lists them: name, aliases, options (its Automatic schedule type...)."""
+        from lora_ui.engine.sampling.registry import SAMPLERS
 
-        return [{"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.options.items()}}
-                for s in SAMPLERS.values()]
+        return [{"name": s.name, "aliases": list(s.aliases), "options": sampler_options_item(s)} for s in SAMPLERS]
 
     @router.get("/schedulers", response_model=list[m.SchedulerItem], tags=a1111)
     def schedulers():
-        from lora_ui.engine.samplers import SCHEDULE_NAMES
+        """Every schedule type, as A1111 lists them (name, label, aliases, default_rho, need_inner_model)."""
+        from lora_ui.engine.sampling.schedules import SCHEDULE_TYPES
 
-        return [{"name": n.lower().replace(" ", "_"), "label": n} for n in SCHEDULE_NAMES]
+        return [schedule_item(st) for st in SCHEDULE_TYPES]
 
     # progress / interrupt / skip are `async`: they run on the event loop, so they answer even while
     # every thread of the pool is busy waiting for a queued render

@@ -1,23 +1,28 @@
-"""txt2img: a validated request -> images, A1111 infotexts and saved PNGs.
+"""txt2img: a validated request -> images, A1111 infotexts and saved PNGs, sampled by our own core.
 
-A1111 behaviours kept:
-  * the initial noise of image i is `torch.randn((4, H/f, W/f), generator=CPU generator seeded with
-    seed + i)` (f = the VAE's downscale factor), drawn on the CPU and moved to the device, so a seed
-    gives the same image on any device; the same per-image CPU generators then feed the ancestral
-    and SDE samplers' step noise (A1111's ImageRNG), so an image does not depend on its batch;
-  * batch_count iterations of batch_size images; iteration n uses seeds seed + n*batch_size + i;
-  * seed -1 draws a random seed in [0, 2**32 - 2];
-  * the prompt keeps its `<lora:...>` tags in the infotext but they are removed before encoding;
+The pipeline, top to bottom (one iteration of `batch_size` images):
+    1. prompts -> per-call conditioning (A1111 emphasis, BREAK, editing, alternation, AND; no padding)
+    2. ImageRNG: per-image generators seeded seed+i (source CPU / GPU / NV), variation seeds, seed resize
+    3. sampling.plan: A1111's sigma list for the sampler + schedule type (or DDIM timesteps)
+    4. sampling.sample: the sampler over CFGDenoiser(DiscreteDenoiser(UNet)), step noise from the same RNG
+    5. VAE decode image by image, A1111's float -> uint8 conversion (truncation), PNG + infotext
+
+A1111 behaviours kept (reference: docs/sampling.md):
+  * image i of a batch gets seed + i (with a variation strength: every image the seed, subseed + i);
+    batch_count iterations continue the numbering (seed + n*batch_size + i); seed -1 draws a random seed;
+  * ancestral/SDE noise comes from the image's own generator / Brownian tree, so an image never depends
+    on its batch companions; ENSD reseeds the generators after the first draw;
+  * the prompt keeps its `<lora:...>` tags in the infotext; they are removed before encoding;
   * PNGs go to `<outputs>/txt2img-images/<YYYY-MM-DD>/NNNNN-<seed>.png` with the infotext in the
     `parameters` text chunk; NNNNN continues after the highest number already in that folder.
 
-Callbacks during sampling (after denoising step i of n, i counting from 0):
-  * `loras.on_step(k, total)` with k = the number of steps done so far (0 before the first step) —
-    i.e. "step k is next"; it switches LoRAs with start/stop on and off;
-  * `on_step(k, total, latents)` with k = 1..total (progress); latents (B, 4, h, w) on the device.
-    Raising `GenerationInterrupted` there stops sampling: the current latents are decoded and returned
-    with `interrupted=True`. `total` is the requested step count (second-order samplers such as Heun run
-    2*steps-1 model evaluations; k is scaled to steps).
+Callbacks during sampling (after sampler iteration i, counting from 0):
+  * `loras.on_step(k, total)` with k = iterations done (0 before the first): "step k is next"; it turns
+    LoRAs with start/stop on and off;
+  * `on_step(k, total, denoised)` with k = 1..total (progress); `denoised` (B, 4, h, w) is the sampler's
+    current x0 estimate (the live preview shows it, not the noisy latent). Raising
+    `GenerationInterrupted` there stops sampling: the last x0 estimate is decoded and returned with
+    `interrupted=True`. `total` is the requested step count.
 """
 from __future__ import annotations
 
@@ -32,7 +37,11 @@ from typing import Any, Callable
 
 import torch
 
-from . import conditioning, samplers
+from . import conditioning
+from .sampling import registry
+from .sampling.denoiser import CFGDenoiser, DiscreteDenoiser, DiscreteSchedule, sdxl_time_ids
+from .sampling.rng import SOURCES as RNG_SOURCES
+from .sampling.rng import BrownianNoise, ImageRNG, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +72,28 @@ class GenerationInterrupted(Exception):
 class Txt2ImgRequest:
     prompt: str = ""
     negative_prompt: str = ""
-    sampler: str = "Euler a"
-    scheduler: str = "Automatic"
+    sampler: str = "Euler"                 # A1111's API default; the UI starts on "DPM++ 2M"
+    scheduler: str = "Automatic"           # "Schedule type"
     steps: int = 20
     cfg_scale: float = 7.0
     width: int | None = None
     height: int | None = None
     seed: int = -1
-    subseed: int | None = None  # not supported yet (variation seeds)
+    subseed: int = -1                      # variation seed (-1: random), used when subseed_strength != 0
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0            # "Seed resize from" (both > 0 to take effect)
+    seed_resize_from_h: int = 0
+    rng: str = "GPU"                       # A1111's "Random number generator source": GPU (CPU draws on
+                                           # a machine without CUDA, as A1111), CPU, or NV (Philox)
+    eta: float | None = None               # None: A1111's defaults (1 ancestral/SDE, 0 DDIM)
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0                    # 0 = infinity
+    s_noise: float = 1.0
+    ensd: int = 0                          # "Eta noise seed delta"
+    sigma_min: float = 0.0                 # schedule overrides, 0 = the model's (A1111's options)
+    sigma_max: float = 0.0
+    rho: float = 0.0
     add_lora_hashes: bool = True  # "Lora hashes" in the infotext (the UI's setting of the same name)
     batch_size: int = 1
     batch_count: int = 1
@@ -103,6 +126,46 @@ def _int_field(req, name: str, low: int, high: int) -> int:
     return value
 
 
+def _float_field(req, name: str, low: float, high: float, *, optional: bool = False) -> None:
+    value = getattr(req, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise RequestError(name, f"must be a number between {low:g} and {high:g}, got {value!r}")
+
+
+def _seed_field(req, name: str) -> None:
+    seed = getattr(req, name)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < -1 or seed > 2**63 - 1 - 10_000:
+        raise RequestError(name, f"must be -1 (random) or a whole number >= 0, got {seed!r}")
+
+
+def _validate_sampling(req: Txt2ImgRequest) -> None:
+    """Sampler, schedule type, RNG and the A1111 sampler options."""
+    for name in ("sampler", "scheduler", "rng"):
+        if not isinstance(getattr(req, name), str):
+            raise RequestError(name, f"must be text, got {type(getattr(req, name)).__name__}")
+    try:
+        registry.find_sampler(req.sampler)
+    except registry.SamplingError as e:
+        raise RequestError("sampler", str(e)) from None
+    try:
+        registry.find_schedule(req.scheduler)
+    except registry.SamplingError as e:
+        raise RequestError("scheduler", str(e)) from None
+    if req.rng not in RNG_SOURCES:
+        raise RequestError("rng", f"unknown random number source {req.rng!r}; valid: {', '.join(RNG_SOURCES)}")
+    _seed_field(req, "subseed")
+    _float_field(req, "subseed_strength", 0.0, 1.0)
+    _float_field(req, "eta", 0.0, 1.0, optional=True)
+    for name in ("s_churn", "s_tmin", "s_tmax", "sigma_min", "sigma_max"):
+        _float_field(req, name, 0.0, 1000.0)
+    _float_field(req, "s_noise", 0.0, 10.0)
+    _float_field(req, "rho", 0.0, 100.0)
+    _int_field(req, "ensd", -(2**31), 2**31 - 1)
+
+
 def validate(model, req: Txt2ImgRequest) -> tuple[int, int]:
     """Check every field; returns the (width, height) to render. Raises RequestError naming the field."""
     for name in ("prompt", "negative_prompt"):
@@ -120,23 +183,15 @@ def validate(model, req: Txt2ImgRequest) -> tuple[int, int]:
             raise RequestError(name, f"{value} is not a multiple of 8; use {max(lower, MIN_SIZE)} or {upper}")
         size[name] = value
     _int_field(req, "steps", 1, MAX_STEPS)
-    cfg = req.cfg_scale
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or not 0 <= cfg <= MAX_CFG:
-        raise RequestError("cfg_scale", f"must be a number between 0 and {MAX_CFG:g}, got {cfg!r}")
+    _float_field(req, "cfg_scale", 0.0, MAX_CFG)
     _int_field(req, "batch_size", 1, MAX_BATCH_SIZE)
     _int_field(req, "batch_count", 1, MAX_BATCH_COUNT)
     _int_field(req, "clip_skip", 1, MAX_CLIP_SKIP)
-    seed = req.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < -1 or seed > 2**63 - 1 - 10_000:
-        raise RequestError("seed", f"must be -1 (random) or a whole number >= 0, got {seed!r}")
-    try:
-        samplers.resolve_sampler(req.sampler)
-    except samplers.SamplerError as e:
-        raise RequestError("sampler", str(e)) from None
-    try:
-        samplers.scheduler_options(req.sampler, req.scheduler)
-    except samplers.SamplerError as e:
-        raise RequestError("scheduler", str(e)) from None
+    _seed_field(req, "seed")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        if getattr(req, name) not in (0, -1):
+            _int_field(req, name, MIN_SIZE, MAX_SIZE)
+    _validate_sampling(req)
     return size["width"], size["height"]
 
 
@@ -146,15 +201,6 @@ def validate(model, req: Txt2ImgRequest) -> tuple[int, int]:
 
 def vae_scale_factor(pipe) -> int:
     return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-
-
-def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """A1111 CPU noise: for each seed a CPU generator, `torch.randn(shape)` from it (fp32).
-
-    Returns (noise (B, C, h, w) on the CPU, the generators, positioned after the draw)."""
-    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-    return noise, generators
 
 
 def next_sequence_number(folder: Path) -> int:
@@ -230,24 +276,118 @@ def _apply_loras(prompt: str, negative: str, library, loras) -> tuple[str, str, 
     return text, negative_text, specs, warnings
 
 
-def build_infotext(model, req: Txt2ImgRequest, *, seed: int, width: int, height: int,
-                   lora_hashes: dict[str, str], schedule: str) -> str:
+def sampling_options(model, req: Txt2ImgRequest) -> registry.SamplingOptions:
+    return registry.SamplingOptions(
+        eta=None if req.eta is None else float(req.eta), s_churn=float(req.s_churn), s_tmin=float(req.s_tmin),
+        s_tmax=float(req.s_tmax), s_noise=float(req.s_noise), sigma_min=float(req.sigma_min),
+        sigma_max=float(req.sigma_max), rho=float(req.rho), sdxl=model.arch == "sdxl")
+
+
+def model_schedule(model) -> DiscreteSchedule:
+    """The model's training noise levels, from its scheduler config (the one fact samplers need)."""
+    config = getattr(model, "scheduler_config", None) or model.pipe.scheduler.config
+    return DiscreteSchedule.from_config(dict(config))
+
+
+def _variation_params(req: Txt2ImgRequest, subseed: int) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if req.subseed_strength:
+        params["Variation seed"] = subseed
+        params["Variation seed strength"] = req.subseed_strength
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+    return params
+
+
+def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width: int, height: int,
+                   lora_hashes: dict[str, str], plan: registry.Plan) -> str:
+    """A1111's infotext: its keys, order and rules for what is written (docs/sampling.md)."""
     from lora_ui.infotext import create_infotext
 
+    spec = plan.spec
+    extra = dict(plan.infotext)
+    schedule_type = extra.pop("Schedule type")
+    eta_written = plan.eta not in (None, 0)
     params: dict[str, Any] = {
         "Steps": int(req.steps),
-        "Sampler": samplers.resolve_sampler(req.sampler).name,
-        "Schedule type": schedule,
+        "Sampler": spec.name,
+        "Schedule type": schedule_type,
         "CFG scale": req.cfg_scale,
         "Seed": seed,
         "Size": f"{width}x{height}",
         "Model hash": model.short_hash,
         "Model": model.name,
+        **_variation_params(req, subseed),
         "Clip skip": int(req.clip_skip) if int(req.clip_skip) > 1 else None,
+        "ENSD": int(req.ensd) if req.ensd and spec.uses_ensd and eta_written else None,
+        "RNG": req.rng if req.rng != "GPU" else None,
+        **extra,
         "Lora hashes": lora_hashes or None,
         "Version": VERSION,
     }
     return create_infotext(req.prompt, req.negative_prompt, params)
+
+
+@dataclass
+class _Sampled:
+    """One sampling run's output: latents (B, C, h, w) and whether it was cut short."""
+
+    latents: torch.Tensor
+    interrupted: bool
+
+
+def _sample(model, req: Txt2ImgRequest, conds, rng: ImageRNG, width: int, height: int, loras, on_step) -> _Sampled:
+    """Run the request's sampler over the model for one batch; stops early on GenerationInterrupted."""
+    pipe = model.pipe
+    config = dict(getattr(model, "scheduler_config", None) or pipe.scheduler.config)
+    denoiser = DiscreteDenoiser(pipe.unet, model_schedule(model), config.get("prediction_type", "epsilon"),
+                                time_ids=sdxl_time_ids(height, width) if model.arch == "sdxl" else None)
+    cfg = CFGDenoiser(denoiser, float(req.cfg_scale), conds)
+    steps = int(req.steps)
+    last = {"x0": None}
+
+    def callback(state: dict) -> None:
+        last["x0"] = state["denoised"]
+        done = min(steps, int(state["i"]) + 1)
+        if loras is not None and hasattr(loras, "on_step"):
+            loras.on_step(done, steps)
+        if on_step is not None:
+            on_step(done, steps, state["denoised"])
+
+    if loras is not None and hasattr(loras, "on_step"):
+        loras.on_step(0, steps)
+    brownian = lambda x, lo, hi: BrownianNoise(x, lo, hi, rng.seeds, rng.source)  # noqa: E731
+    try:
+        latents = registry.sample(req.sampler, req.scheduler, cfg, rng.first(), steps, rng, brownian, callback,
+                                  sampling_options(model, req))
+    except GenerationInterrupted:
+        if last["x0"] is None:
+            raise
+        return _Sampled(last["x0"], True)
+    return _Sampled(latents, False)
+
+
+@torch.no_grad()
+def decode_to_images(pipe, latents: torch.Tensor) -> list:
+    """VAE-decode image by image (as A1111: an image never depends on its batch) -> PIL RGB images."""
+    from PIL import Image
+
+    vae = pipe.vae
+    factor = float(vae.config.scaling_factor)
+    images = []
+    for one in latents:
+        decoded = vae.decode(one[None].to(vae.device, vae.dtype) / factor).sample
+        images.append(Image.fromarray(to_uint8(decoded.float())[0]))
+    return images
+
+
+def _seeds_for(req: Txt2ImgRequest, base_seed: int, base_subseed: int, iteration: int) -> tuple[list[int], list[int]]:
+    """A1111's all_seeds / all_subseeds for one iteration: seed + i, or the seed for every image when a
+    variation strength is set (then the subseeds count up instead)."""
+    first = iteration * int(req.batch_size)
+    index = range(first, first + int(req.batch_size))
+    seeds = [base_seed if req.subseed_strength else base_seed + i for i in index]
+    return seeds, [base_subseed + i for i in index]
 
 
 def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
@@ -260,57 +400,48 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     pipe = model.pipe
     if pipe is None:
         raise RuntimeError("this model was unloaded (a checkpoint switch freed it); use the current model")
-    schedule = samplers.resolve_schedule(req.scheduler)
     base_seed = int(req.seed) if req.seed >= 0 else random.randint(0, MAX_SEED)
+    base_subseed = int(req.subseed) if req.subseed >= 0 else random.randint(0, MAX_SEED)
     text, negative_text, specs, warnings = _apply_loras(req.prompt, req.negative_prompt, library, loras)
     if model.arch == "sdxl" and req.clip_skip > 1:
         warnings.append("Clip skip has no effect on SDXL models (as in A1111); ignored")
     lora_hashes = _lora_hashes(library, specs) if req.add_lora_hashes else {}
-
-    cond = conditioning.encode_prompts(pipe, model.arch, text, negative_text, clip_skip=int(req.clip_skip))
+    plan = registry.plan(req.sampler, req.scheduler, int(req.steps), model_schedule(model),
+                         sampling_options(model, req))
+    prompt_steps = int(req.steps) * (2 if plan.spec.second_order else 1)
     factor = vae_scale_factor(pipe)
     latent_shape = (int(pipe.unet.config.in_channels), height // factor, width // factor)
     out_folder = Path(outputs_dir) / "txt2img-images" / date.today().isoformat() if outputs_dir else None
     result = Txt2ImgResult(warnings=warnings, loras=specs)
 
     for iteration in range(int(req.batch_count)):
-        seeds = [base_seed + iteration * req.batch_size + i for i in range(int(req.batch_size))]
-        noise, generators = initial_noise(seeds, latent_shape)
-        base_config = getattr(model, "scheduler_config", None) or pipe.scheduler.config
-        pipe.scheduler = samplers.make_scheduler(base_config, req.sampler, req.scheduler, seed=seeds[0])
-        stopped = {"flag": False}
-
-        def step_end(p, i, t, kwargs, _stopped=stopped):
-            n_timesteps = max(1, int(getattr(p, "_num_timesteps", None) or req.steps))
-            done = min(req.steps, math.ceil((i + 1) * req.steps / n_timesteps))
-            try:
-                if loras is not None and hasattr(loras, "on_step"):
-                    loras.on_step(done, req.steps)
-                if on_step is not None:
-                    on_step(done, req.steps, kwargs["latents"])
-            except GenerationInterrupted:
-                _stopped["flag"] = True
-                p._interrupt = True  # diffusers skips the remaining steps, then decodes the latents
-            return kwargs
-
-        if loras is not None and hasattr(loras, "on_step"):
-            loras.on_step(0, req.steps)
-        call_kwargs = dict(
-            num_inference_steps=int(req.steps), guidance_scale=float(req.cfg_scale), width=width, height=height,
-            latents=noise.to(model.device, pipe.unet.dtype), generator=generators, output_type="pil",
-            callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"],
-            **cond.pipeline_kwargs(len(seeds)),
-        )
-        output = pipe(**call_kwargs)
-        for seed, image in zip(seeds, output.images):
-            info = build_infotext(model, req, seed=seed, width=width, height=height,
-                                  lora_hashes=lora_hashes, schedule=schedule)
-            result.images.append(image)
-            result.infotexts.append(info)
-            result.seeds.append(seed)
-            if req.save_images and out_folder is not None:
-                result.saved_paths.append(save_png(image, info, out_folder, seed))
-        if stopped["flag"]:
+        seeds, subseeds = _seeds_for(req, base_seed, base_subseed, iteration)
+        conds = conditioning.encode_step_conds(pipe, model.arch, [text] * len(seeds), negative_text,
+                                               prompt_steps, clip_skip=int(req.clip_skip))
+        rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=float(req.subseed_strength),
+                       seed_resize_from=(int(req.seed_resize_from_w), int(req.seed_resize_from_h)),
+                       source=req.rng, device=model.device, ensd=int(req.ensd), uses_ensd=plan.spec.uses_ensd)
+        sampled = _sample(model, req, conds, rng, width, height, loras, on_step)
+        _finish_batch(model, req, sampled.latents, seeds, subseeds, width, height, lora_hashes, plan,
+                      out_folder, result)
+        if sampled.interrupted:
             result.interrupted = True
             break
+    result.warnings = list(dict.fromkeys(result.warnings))  # one warning per cause, in order
     return result
+
+
+def _finish_batch(model, req, latents, seeds, subseeds, width, height, lora_hashes, plan, out_folder,
+                  result: Txt2ImgResult) -> None:
+    if not torch.isfinite(latents).all():
+        result.warnings.append("the sampler produced non-finite values (NaN/Inf): the image is black; "
+                               "lower the LoRA weights or the CFG scale")
+    for seed, subseed, image in zip(seeds, subseeds, decode_to_images(model.pipe, latents)):
+        info = build_infotext(model, req, seed=seed, subseed=subseed, width=width, height=height,
+                              lora_hashes=lora_hashes, plan=plan)
+        result.images.append(image)
+        result.infotexts.append(info)
+        result.seeds.append(seed)
+        if req.save_images and out_folder is not None:
+            result.saved_paths.append(save_png(image, info, out_folder, seed))
+

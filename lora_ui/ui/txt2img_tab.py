@@ -23,17 +23,14 @@ from lora_ui.ui import notify
 
 MAX_SEED = 4294967294  # A1111 draws random seeds from [0, 2**32 - 2]
 POLL_SECONDS = 0.25
-FALLBACK_SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS")
-FALLBACK_SCHEDULES = ("Automatic", "Karras", "Exponential", "SGM Uniform")
+DEFAULT_SAMPLER = "DPM++ 2M"  # A1111 1.10's UI default
 
 
 def sampler_choices() -> tuple[list[str], list[str]]:
-    try:
-        from lora_ui.engine import samplers
+    """Every A1111 sampler and schedule type, in A1111's order (the engine's registry is the one list)."""
+    from lora_ui.engine.sampling.registry import SAMPLER_NAMES, SCHEDULE_NAMES
 
-        return list(samplers.SAMPLER_NAMES), list(samplers.SCHEDULE_NAMES)
-    except ImportError:
-        return list(FALLBACK_SAMPLERS), list(FALLBACK_SCHEDULES)
+    return list(SAMPLER_NAMES), list(SCHEDULE_NAMES)
 
 
 def _default_request_factory(**fields: Any) -> Any:
@@ -310,7 +307,7 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
     with gr.Row(elem_id="txt2img_main"):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             with gr.Row():
-                sampler = gr.Dropdown(samplers, value=samplers[0] if "Euler a" not in samplers else "Euler a",
+                sampler = gr.Dropdown(samplers, value=DEFAULT_SAMPLER,
                                       label="Sampling method", elem_id="txt2img_sampler")
                 schedule = gr.Dropdown(schedules, value=schedules[0], label="Schedule type",
                                        elem_id="txt2img_schedule")

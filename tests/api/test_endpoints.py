@@ -43,11 +43,22 @@ def test_sd_models_samplers_schedulers(client):
     for entry in models:
         assert set(entry) == {"title", "model_name", "hash", "sha256", "filename", "config"}
     assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
-    samplers = {s["name"]: s for s in client.get("/sdapi/v1/samplers").json()}
-    assert {"Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC", "Heun", "LMS"} <= set(samplers)
+    listed = client.get("/sdapi/v1/samplers").json()
+    samplers = {s["name"]: s for s in listed}
+    # A1111 1.10's list, in its order; the schedule is a separate choice ("DPM++ 2M Karras" is gone)
+    assert [s["name"] for s in listed] == [
+        "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
+        "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++",
+        "PLMS", "UniPC", "LCM"]
     assert "k_euler_a" in samplers["Euler a"]["aliases"]
+    assert samplers["DPM++ 2M"]["options"]["scheduler"] == "karras"
+    assert samplers["DPM++ SDE"]["options"] == {"scheduler": "karras", "second_order": True, "brownian_noise": True}
     schedulers = client.get("/sdapi/v1/schedulers").json()
-    assert {"name": "karras", "label": "Karras"}.items() <= next(s for s in schedulers if s["label"] == "Karras").items()
+    assert [s["label"] for s in schedulers] == [
+        "Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+        "Align Your Steps", "Simple", "Normal", "DDIM", "Beta"]
+    karras = next(s for s in schedulers if s["label"] == "Karras")
+    assert karras["name"] == "karras" and karras["default_rho"] == 7.0 and not karras["need_inner_model"]
     # a sampler and a schedule from these lists render
     info = info_of(render(client, sampler_name="DPM++ 2M", scheduler="karras"))
     assert "Sampler: DPM++ 2M" in info["infotexts"][0] and "Schedule type: Karras" in info["infotexts"][0]

@@ -55,14 +55,25 @@ def test_same_seed_gives_identical_pixels_and_other_seed_differs(sd1_model):
     assert not np.array_equal(px(a.images[0]), px(c.images[0]))
 
 
-def test_initial_noise_is_torch_randn_on_a_cpu_generator_per_seed(sd1_model):
-    model, spy = spy_model(sd1_model)
-    generate(model, req(seed=1000, batch_size=2))
-    latents = spy.calls[0]["latents"]
+def test_initial_noise_is_torch_randn_on_a_cpu_generator_per_seed(sd1_model, monkeypatch):
+    """The first draw handed to the sampler is torch.randn from a CPU generator seeded seed+i (A1111 on a
+    machine without CUDA, RNG "GPU" or "CPU"); with RNG "NV" it is not."""
+    from lora_ui.engine.sampling import registry
+
+    seen = []
+    real = registry.sample
+
+    def spy(name, schedule, cfg, noise, *args, **kwargs):
+        seen.append(noise.clone())
+        return real(name, schedule, cfg, noise, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "sample", spy)
     expected = torch.stack([torch.randn((4, 16, 16), generator=torch.Generator("cpu").manual_seed(s))
                             for s in (1000, 1001)])
-    assert latents.shape == (2, 4, 16, 16)
-    assert torch.equal(latents.cpu(), expected)
+    for rng in ("GPU", "CPU", "NV"):
+        generate(sd1_model, req(seed=1000, batch_size=2, rng=rng))
+        assert seen[-1].shape == (2, 4, 16, 16)
+        assert torch.equal(seen[-1].cpu(), expected) == (rng != "NV"), rng
 
 
 def test_image_in_a_batch_equals_the_same_seed_rendered_alone(sd1_model):
@@ -114,9 +125,12 @@ def test_default_size_is_the_models(sd1_model):
     ({"steps": 0}, "steps", "between 1"),
     ({"steps": -3}, "steps", "between 1"),
     ({"steps": 2.5}, "steps", "whole number"),
-    ({"sampler": "Bogus"}, "sampler", "Euler a, DPM++ 2M"),
-    ({"scheduler": "Karras", "sampler": "DDIM"}, "scheduler", "cannot use schedule type"),
-    ({"scheduler": "Weird"}, "scheduler", "Valid schedule types"),
+    ({"sampler": "Bogus"}, "sampler", "valid: DPM++ 2M, DPM++ SDE"),
+    ({"scheduler": "Weird"}, "scheduler", "valid: Automatic, Uniform, Karras"),
+    ({"rng": "cuda"}, "rng", "valid: CPU, GPU, NV"),
+    ({"subseed_strength": 1.5}, "subseed_strength", "between 0 and 1"),
+    ({"eta": float("inf")}, "eta", "number"),
+    ({"seed_resize_from_w": 12}, "seed_resize_from_w", "between"),
     ({"batch_size": 0}, "batch_size", "between 1"),
     ({"batch_count": 0}, "batch_count", "between 1"),
     ({"cfg_scale": float("nan")}, "cfg_scale", "number"),

@@ -151,14 +151,22 @@ def sample_dpm_2_ancestral(model: Model, x: Tensor, sigmas: Tensor, *, noise: No
 
 
 def lms_coefficient(order: int, t: np.ndarray, i: int, j: int) -> float:
-    """Integral over [t_i, t_i+1] of the Lagrange basis polynomial of node t_{i-j} on nodes t_i..t_{i-order+1}
-    (linear multistep in sigma; computed exactly, k-diffusion uses quadrature to 1e-4 relative)."""
-    poly = np.polynomial.Polynomial([1.0])
-    for k in range(order):
-        if k != j:
-            poly = poly * np.polynomial.Polynomial([-t[i - k], 1.0]) / (t[i - j] - t[i - k])
-    antiderivative = poly.integ()
-    return float(antiderivative(t[i + 1]) - antiderivative(t[i]))
+    """Integral over [t_i, t_i+1] of the Lagrange basis polynomial of node t_{i-j} on nodes t_i..t_{i-order+1}.
+
+    Computed as A1111 computes it (k-diffusion's linear_multistep_coeff): adaptive Gauss-Kronrod
+    quadrature (QUADPACK via scipy.integrate.quad) to 1e-4 relative accuracy, not the exact integral:
+    the picture is to equal A1111's, and the exact value differs in the 5th digit (1 level in a few pixels).
+    """
+    from scipy import integrate
+
+    def basis(tau: float) -> float:
+        prod = 1.0
+        for k in range(order):
+            if k != j:
+                prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
+        return prod
+
+    return float(integrate.quad(basis, t[i], t[i + 1], epsrel=1e-4)[0])
 
 
 @torch.no_grad()
@@ -166,7 +174,10 @@ def sample_lms(model: Model, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | 
                callback: Callback = None, order: int = 4) -> Tensor:
     """Linear multistep (Adams-Bashforth in sigma on the ODE derivative, up to `order` past derivatives)."""
     s_in = x.new_ones([x.shape[0]])
-    t = sigmas.detach().cpu().double().numpy()
+    # float32 nodes, as A1111 (k-diffusion) passes them: with NumPy's promotion rules the quadrature's
+    # integrand then mixes float32 and float64, and the coefficients differ from float64 nodes' in the
+    # last digits - enough to move a pixel by one level.
+    t = sigmas.detach().cpu().numpy()
     ds: list[Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in)

@@ -1,0 +1,155 @@
+"""The promise, end to end: our txt2img equals, byte for byte, an image made by a reference loop written
+here from A1111's documented behaviour, with k-diffusion (A1111's own sampler library) doing the sampling.
+
+The reference shares nothing with lora_ui.engine.sampling: k-diffusion's DiscreteEpsDDPMDenoiser over the
+UNet (alphas_cumprod from float64 betas, rounded once to float32, as A1111's checkpoint buffer), CFG on the
+x0 estimates in one batch [conds, unconds], one CPU generator per image seeded seed+i for the initial noise
+and every later draw (k-diffusion's `randn_like` routed to them, as A1111 does), k-diffusion's own
+BrownianTreeNoiseSampler with one tree per image seed for the SDE samplers, the VAE on each image alone,
+and A1111's float -> uint8 conversion (truncation, not rounding). Prompt encoding is the A1111 encoder this
+project already tests against diffusers (tests/engine/test_conditioning.py); the prompts here have one
+chunk and no emphasis. Tolerance: 0 levels (same CPU, same op order).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lora_ui.demo import DEMO_MODEL_DIR
+from lora_ui.demo.evaluate import load_demo_pipeline
+from lora_ui.engine import conditioning
+from lora_ui.engine.checkpoints import wrap_pipeline
+from lora_ui.engine.txt2img import Txt2ImgRequest, generate
+from lora_ui.testing.tiny_models import tiny_sdxl_pipeline
+from tests.engine.sampling.kdiff_ref import external, noise_stream, sampling
+
+PROMPT, NEGATIVE = "a big red circle on a blue background", "green"
+
+
+class PerImageNoise:
+    """A1111's per-image generators: draw i of image b is torch.randn from a CPU generator seeded seed_b."""
+
+    def __init__(self, seeds, shape):
+        self.gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        self.shape = shape
+
+    def next(self):
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
+
+
+class UNetEps(torch.nn.Module):
+    """The `inner_model` k-diffusion's DiscreteEpsDDPMDenoiser calls: (x, t, cond=(embeds, pooled)) -> eps."""
+
+    def __init__(self, unet, alphas_cumprod, time_ids=None):
+        super().__init__()
+        self.unet, self.time_ids = unet, time_ids
+        self.register_buffer("alphas_cumprod", alphas_cumprod)
+
+    def forward(self, x, t, cond):
+        embeds, pooled = cond
+        kwargs = {}
+        if self.time_ids is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self.time_ids.expand(len(x), -1)}
+        return self.unet(x, t, encoder_hidden_states=embeds, **kwargs).sample
+
+
+def a1111_alphas_cumprod(config) -> torch.Tensor:
+    betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, config["num_train_timesteps"],
+                        dtype=np.float64) ** 2
+    return torch.from_numpy(np.cumprod(1.0 - betas)).float()
+
+
+def a1111_uint8(decoded: torch.Tensor) -> np.ndarray:
+    x = torch.clamp((decoded.float() + 1.0) / 2.0, min=0.0, max=1.0)
+    return (255.0 * x[0].permute(1, 2, 0).numpy()).astype(np.uint8)
+
+
+SIGMAS = {  # schedule type -> k-diffusion's function, as A1111 calls it
+    "Automatic": lambda w, n: w.get_sigmas(n),
+    "Karras": lambda w, n: sampling.get_sigmas_karras(n, w.sigmas[0].item(), w.sigmas[-1].item()),
+    "Exponential": lambda w, n: sampling.get_sigmas_exponential(n, w.sigmas[0].item(), w.sigmas[-1].item()),
+}
+KDIFF = {  # sampler -> (k-diffusion function, its A1111 Automatic schedule, extra kwargs)
+    "Euler": (sampling.sample_euler, "Automatic", {}),
+    "Euler a": (sampling.sample_euler_ancestral, "Automatic", {"eta": 1.0}),
+    "Heun": (sampling.sample_heun, "Automatic", {}),
+    "LMS": (sampling.sample_lms, "Automatic", {}),
+    "DPM++ 2M": (sampling.sample_dpmpp_2m, "Karras", {}),
+    "DPM++ 2S a": (sampling.sample_dpmpp_2s_ancestral, "Karras", {"eta": 1.0}),
+    "DPM++ SDE": (sampling.sample_dpmpp_sde, "Karras", {"eta": 1.0}),
+    "DPM++ 2M SDE": (sampling.sample_dpmpp_2m_sde, "Exponential", {"eta": 1.0}),
+}
+
+
+def reference_images(pipe, arch, seeds, sampler, schedule, steps, cfg, size):
+    config = dict(pipe.scheduler.config)
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    h = w = size // factor
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32) if arch == "sdxl" else None
+    wrapper = external.DiscreteEpsDDPMDenoiser(UNetEps(pipe.unet, a1111_alphas_cumprod(config), time_ids),
+                                               a1111_alphas_cumprod(config), quantize=False)
+    enc = conditioning.encode_prompts(pipe, arch, PROMPT, NEGATIVE)
+    b = len(seeds)
+    embeds = torch.cat([enc.prompt_embeds.repeat(b, 1, 1), enc.negative_prompt_embeds.repeat(b, 1, 1)])
+    pooled = None if enc.pooled_prompt_embeds is None else torch.cat(
+        [enc.pooled_prompt_embeds.repeat(b, 1), enc.negative_pooled_prompt_embeds.repeat(b, 1)])
+
+    def cfg_model(x, sigma, **_):
+        both = wrapper(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=(embeds, pooled))
+        d_cond, d_uncond = both[:b], both[b:]
+        return d_uncond + (d_cond - d_uncond) * cfg
+
+    fn, automatic, kwargs = KDIFF[sampler]
+    sigmas = SIGMAS[automatic if schedule == "Automatic" else schedule](wrapper, steps)
+    noise = PerImageNoise(seeds, (4, h, w))
+    x = noise.next() * sigmas[0]
+    kwargs = dict(kwargs)
+    if sampler in ("DPM++ SDE", "DPM++ 2M SDE"):
+        positive = sigmas[sigmas > 0]
+        kwargs["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x, positive.min(), sigmas.max(), seed=list(seeds))
+    with torch.no_grad(), noise_stream(noise):
+        latents = fn(cfg_model, x, sigmas, disable=True, **kwargs)
+        vae = pipe.vae
+        return [a1111_uint8(vae.decode(one[None] / vae.config.scaling_factor).sample) for one in latents]
+
+
+def ours(model, seeds, sampler, schedule, steps, cfg):
+    result = generate(model, Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, sampler=sampler, scheduler=schedule,
+                                            steps=steps, cfg_scale=cfg, seed=seeds[0], batch_size=len(seeds),
+                                            save_images=False))
+    return [np.asarray(im) for im in result.images], result
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return wrap_pipeline(load_demo_pipeline(DEMO_MODEL_DIR), name="lora-ui-demo")
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return wrap_pipeline(tiny_sdxl_pipeline(0), name="tiny-sdxl")
+
+
+CASES = [(s, "Automatic") for s in KDIFF] + [("Euler", "Karras"), ("Euler a", "Exponential"), ("DPM++ 2M", "Automatic")]
+
+
+@pytest.mark.parametrize("sampler,schedule", CASES, ids=[f"{a}-{b}" for a, b in CASES])
+def test_demo_model_image_equals_the_k_diffusion_reference_byte_for_byte(demo, sampler, schedule):
+    seeds = [3135098381, 3135098382]
+    mine, result = ours(demo, seeds, sampler, schedule, steps=7, cfg=7.0)
+    want = reference_images(demo.pipe, "sd1", seeds, sampler, schedule, 7, 7.0, 64)
+    for i, (a, b) in enumerate(zip(mine, want)):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() == 0, f"image {i}: {int((diff > 0).sum())} values differ, by up to {diff.max()} levels"
+    assert f"Sampler: {sampler}," in result.infotexts[0]
+    assert mine[0].std() > 5 and not np.array_equal(mine[0], mine[1])  # real pictures, per-image seeds
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ SDE"])
+def test_tiny_sdxl_image_equals_the_k_diffusion_reference_byte_for_byte(sdxl, sampler):
+    seeds = [11, 12]
+    mine, _ = ours(sdxl, seeds, sampler, "Automatic", steps=4, cfg=5.0)
+    want = reference_images(sdxl.pipe, "sdxl", seeds, sampler, "Automatic", 4, 5.0, sdxl.default_size)
+    for a, b in zip(mine, want):
+        assert np.abs(a.astype(int) - b.astype(int)).max() == 0
