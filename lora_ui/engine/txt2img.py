@@ -37,13 +37,8 @@ from . import conditioning, samplers
 log = logging.getLogger(__name__)
 
 VERSION = "lora-ui v0.1"
-MIN_SIZE, MAX_SIZE = 16, 2048
-MAX_STEPS = 150
-MAX_CFG = 30.0
-MAX_BATCH_SIZE = 8
-MAX_BATCH_COUNT = 100
-MAX_CLIP_SKIP = 12
-MAX_SEED = 2**32 - 2
+from lora_ui.limits import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP, MAX_SEED,  # noqa: E402
+                            MAX_SIZE, MAX_STEPS, MIN_SIZE)
 _RE_SEQUENCE = re.compile(r"^(\d+)-")
 
 
