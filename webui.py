@@ -45,9 +45,6 @@ def security_warnings(settings) -> list[str]:
     if settings.listen and settings.api and not api_credentials(settings):
         warnings.append("--listen --api without --api-auth or --gradio-auth: anyone on your network can use the "
                         "REST API. Add --api-auth user:password.")
-    if settings.allow_pickle:
-        warnings.append("--allow-pickle: .ckpt/.pt files are read with torch's weights-only loader; files that "
-                        "need more are refused.")
     return warnings
 
 

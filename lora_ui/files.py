@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["NotRegularFileError", "FileTooLargeError", "open_regular", "read_capped", "is_regular"]
+__all__ = ["NotRegularFileError", "FileTooLargeError", "ImageRefusedError", "open_regular", "read_capped",
+           "is_regular", "open_image"]
 
 
 class NotRegularFileError(OSError):
@@ -72,3 +73,29 @@ def is_regular(path: str | os.PathLike) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except (OSError, ValueError):
         return False
+
+
+class ImageRefusedError(ValueError):
+    """An image file/bytes that is not decoded: too many pixels, too large, unreadable."""
+
+
+def open_image(source: "str | os.PathLike | bytes", *, max_bytes: int, max_pixels: int):
+    """A decoded PIL image from a path (regular file, at most max_bytes) or bytes. The pixel count is
+    checked from the image header before anything is decoded (a 24 KB PNG can claim 14000x14000).
+    Raises ImageRefusedError (or OSError for an unreadable path) and nothing else."""
+    from PIL import Image
+
+    data = source if isinstance(source, bytes) else read_capped(source, max_bytes, "image")
+    if len(data) > max_bytes:
+        raise ImageRefusedError(f"image is {len(data)} bytes; at most {max_bytes}")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageRefusedError(f"image is {width}x{height} pixels; at most {max_pixels} are decoded")
+        image.load()
+    except ImageRefusedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, SyntaxError...)
+        raise ImageRefusedError(f"not a readable image ({type(exc).__name__})") from None
+    return image
