@@ -31,16 +31,40 @@ def _quiet_environment() -> None:
             os.environ[var] = ",".join(x for x in (current, "127.0.0.1,localhost") if x)
 
 
+def api_credentials(settings) -> list[tuple[str, str]]:
+    """Who may use the REST API: --api-auth, else the UI's --gradio-auth (a password set for the UI
+    covers everything), else nobody needs one."""
+    return list(settings.api_auth or settings.gradio_auth or [])
+
+
 def security_warnings(settings) -> list[str]:
     """What is exposed without a password when listening on the network."""
     warnings = []
     if settings.listen and not settings.gradio_auth:
         warnings.append("--listen without --gradio-auth: anyone on your network can use this UI. "
                         "Add --gradio-auth user:password.")
-    if settings.listen and settings.api and not settings.api_auth:
-        warnings.append("--listen --api without --api-auth: anyone on your network can use the REST API. "
-                        "Add --api-auth user:password.")
+    if settings.listen and settings.api and not api_credentials(settings):
+        warnings.append("--listen --api without --api-auth or --gradio-auth: anyone on your network can use the "
+                        "REST API. Add --api-auth user:password.")
     return warnings
+
+
+def exposure_summary(settings) -> list[str]:
+    """One line per surface: where it listens and who may use it (printed at start-up)."""
+    where = "your network (0.0.0.0)" if settings.listen else "this machine only (127.0.0.1)"
+    ui_who = (f"users of --gradio-auth ({len(settings.gradio_auth)} account(s))" if settings.gradio_auth
+              else "anyone who can connect")
+    lines = [f"Web UI on port {settings.port}, reachable from {where}: {ui_who}."]
+    if settings.api:
+        creds = api_credentials(settings)
+        source = "--api-auth" if settings.api_auth else "--gradio-auth (no --api-auth given)"
+        api_who = f"HTTP Basic, accounts of {source}" if creds else "anyone who can connect"
+        lines.append(f"REST API /sdapi/v1 (and /sdapi/v1/docs, /openapi.json): {api_who}.")
+    else:
+        lines.append("REST API: off (--api turns it on).")
+    lines.append(f"Images are written under {settings.outputs_path} (command line only: --data-dir / --outputs-dir); "
+                 f"pickle files: {'weights-only' if settings.allow_pickle else 'refused'}.")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     for warning in settings.config_warnings + security_warnings(settings):
         log.warning(warning)
+    for line in exposure_summary(settings):
+        log.info(line)
 
     from lora_ui.app import AppContext
     from lora_ui.engine.checkpoints import CheckpointError
@@ -73,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         auth=settings.gradio_auth or None, inbrowser=settings.autolaunch,
         prevent_thread_lock=True, share=False, ssr_mode=False, css=UI_CSS,
     )
+    from lora_ui.api import guard
+
+    # body limit, JSON depth and auth on /openapi.json, /docs for the whole app (also without --api)
+    guard.install(app, max_body_bytes=settings.limits.max_body_bytes, auth=api_credentials(settings))
     if settings.api:
         from lora_ui.api import create_api
 
-        create_api(app, ctx, settings.api_auth or None)
+        create_api(app, ctx, api_credentials(settings) or None)
         log.info("REST API on %ssdapi/v1 (docs: %ssdapi/v1/docs)", local_url, local_url)
     log.info("LoRA UI running on %s", local_url)
     _stop_on_sigterm()

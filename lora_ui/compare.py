@@ -25,14 +25,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from lora_ui.limits import MAX_SWEEP_RENDERS, MAX_SWEEP_WEIGHTS
 from lora_ui.prompt import PromptSyntaxError, extract_lora_tags, format_weight, set_lora_weight
 
 DEFAULT_WEIGHTS_TEXT = "0, 0.25, 0.5, 0.75, 1"
 # A pixel counts as "changed" when one of its channels moved by more than this (0..255 units):
 # small enough to catch any visible change, large enough to ignore 8-bit rounding noise.
 DEFAULT_CHANGE_THRESHOLD = 2
-MAX_SWEEP_WEIGHTS = 32
-MAX_SWEEP_RENDERS = 64
 # Heatmap colour scale (an inferno-like ramp): value 0 -> black, full scale -> pale yellow.
 HEATMAP_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
     (0.0, (0, 0, 0)),

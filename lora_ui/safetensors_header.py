@@ -6,7 +6,6 @@ problem; nothing else escapes (the library shows the entry as broken and goes on
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import struct
@@ -23,8 +22,8 @@ except ImportError:  # pragma: no cover - the stdlib path below gives the same r
 __all__ = ["SafetensorsHeaderError", "SafetensorsHeader", "TensorInfo", "read_header", "parse_header",
            "MAX_HEADER_BYTES"]
 
-# Real LoRA headers are tens of KB (a few MB with embedded cover images); 100 MB is absurd.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+from lora_ui.files import NotRegularFileError, open_regular
+from lora_ui.limits import MAX_HEADER_BYTES  # real LoRA headers are KBs (MBs with embedded cover images)
 
 _DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1,
                 "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
@@ -106,7 +105,7 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(label, f"header is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    raw = _loads_without_gc(text, label)
+    raw = _loads(text, label)
     if not isinstance(raw, dict):
         raise _fail(label, f"header is a JSON {type(raw).__name__}, expected an object")
     metadata_raw = raw.pop("__metadata__", None)
@@ -124,18 +123,11 @@ def parse_header(prefix: bytes, header_bytes: bytes, file_size: int | None = Non
     return SafetensorsHeader(raw, metadata, size)
 
 
-def _loads_without_gc(text: str, label: str) -> Any:
-    # A header is thousands of small dicts and lists without reference cycles: pausing the cyclic GC
-    # while parsing stops it from re-scanning them again and again (2-3x faster on big headers).
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
+def _loads(text: str, label: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise _fail(label, f"header is not valid JSON ({str(exc)[:120]})") from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _parse_fast(body: bytes, data_size: int | None) -> tuple[dict[str, Any], dict[str, str]] | None:
@@ -145,15 +137,10 @@ def _parse_fast(body: bytes, data_size: int | None) -> tuple[dict[str, Any], dic
     floats never pass the checks here, so every header accepted here parses the same with json."""
     if _orjson is None:
         return None
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
     try:
         raw = _orjson.loads(body)
     except (ValueError, RecursionError):
         return None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     if type(raw) is not dict:
         return None
     metadata = raw.pop("__metadata__", None)
@@ -225,11 +212,15 @@ def _tensor_entry_error(label: str, name: str, entry: Any) -> SafetensorsHeaderE
 
 
 def read_header(path: str | os.PathLike) -> SafetensorsHeader:
-    """Read and validate the header of the file at `path`; tensors are never read."""
+    """Read and validate the header of the file at `path`; tensors are never read.
+
+    The one safetensors header reader of the app (library, LoRA loader, checkpoints): regular files
+    only (a FIFO, a device or a symlink to one is refused without blocking), header at most
+    MAX_HEADER_BYTES, every byte range inside the file."""
     path = Path(path)
     label = str(path)
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             file_size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
@@ -242,6 +233,8 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         raise _fail(label, "file not found") from None
     except IsADirectoryError:
         raise _fail(label, "is a directory, not a file") from None
+    except NotRegularFileError as exc:
+        raise _fail(label, str(exc).removeprefix(label + " ")) from None
     except PermissionError:
         raise _fail(label, "permission denied") from None
     except OSError as exc:

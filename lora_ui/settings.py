@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from lora_ui.limits import DEFAULT as DEFAULT_LIMITS
+from lora_ui.limits import Limits
+from lora_ui.limits import add_flags as add_limit_flags
+from lora_ui.limits import from_args as limits_from_args
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +82,17 @@ def _text(v):
     return v.strip()
 
 
+def _relative_folder(v):
+    """A folder under the data dir: relative, without '..' (an operator who wants images elsewhere
+    says so on the command line with --outputs-dir)."""
+    text = _text(v)
+    parts = Path(text).parts
+    if Path(text).is_absolute() or text.startswith("~") or ".." in parts or "\x00" in text:
+        raise ValueError("must be a folder inside the data dir (relative, no '..'); use --outputs-dir for "
+                         "another place")
+    return text
+
+
 def _optional_text(v):
     if v is None:
         return None
@@ -86,7 +102,7 @@ def _optional_text(v):
 UI_SETTINGS: dict[str, tuple[Any, Any]] = {
     "default_lora_weight": (1.0, _float_in(-2.0, 2.0)),
     "card_size": (160, _int_in(64, 512)),
-    "outputs_dir": ("outputs", _text),
+    "outputs_dir": ("outputs", _relative_folder),
     "add_lora_hashes_to_infotext": (True, _bool),
     "clip_skip": (1, _int_in(1, 12)),
     "sd_model_checkpoint": (None, _optional_text),
@@ -112,6 +128,8 @@ class Settings:
     no_half: bool = False
     allow_pickle: bool = False
     demo_model_dir: Path = DEMO_MODEL_DIR
+    outputs_dir_cli: Path | None = None     # --outputs-dir: the operator's choice, anywhere on disk
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     # UI settings (config.json)
     default_lora_weight: float = 1.0
     card_size: int = 160
@@ -143,9 +161,22 @@ class Settings:
 
     @property
     def outputs_path(self) -> Path:
-        """Where images are saved: `outputs_dir`, relative to the data dir unless absolute."""
-        p = Path(self.outputs_dir).expanduser()
-        return p if p.is_absolute() else self.data_dir / p
+        """Where every image the app writes goes (txt2img, grids, compare): --outputs-dir when given,
+        else `outputs_dir` (config.json) under the data dir. A config value that would leave the data
+        dir (absolute, '..', a symlink out) is not used: <data-dir>/outputs instead."""
+        if self.outputs_dir_cli is not None:
+            return Path(self.outputs_dir_cli).expanduser()
+        default = self.data_dir / "outputs"
+        try:
+            relative = _relative_folder(self.outputs_dir)
+        except ValueError:
+            return default
+        target = self.data_dir / relative
+        try:
+            inside = target.resolve().is_relative_to(self.data_dir.resolve())
+        except (OSError, RuntimeError):
+            inside = False
+        return target if inside else default
 
     @property
     def server_name(self) -> str:
@@ -177,6 +208,8 @@ class Settings:
             precision="fp32" if args.no_half else args.precision,
             no_half=args.no_half,
             allow_pickle=args.allow_pickle,
+            outputs_dir_cli=Path(args.outputs_dir).expanduser() if getattr(args, "outputs_dir", None) else None,
+            limits=_limits_from_args(args),
         )
         if load_config:
             settings.load()
@@ -244,6 +277,13 @@ class Settings:
         return path
 
 
+def _limits_from_args(args: argparse.Namespace) -> Limits:
+    try:
+        return limits_from_args(args)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """webui.py's flags, named as in A1111 where A1111 has them."""
     p = argparse.ArgumentParser(
@@ -278,8 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights' precision: auto (the default) is fp16 on cuda/mps and fp32 on cpu (fp16 on cpu is refused)")
     p.add_argument("--no-half", action="store_true", help="A1111's name for --precision fp32")
     p.add_argument("--allow-pickle", action="store_true",
-                   help="allow loading .ckpt/.pt pickle files (checkpoints and LoRAs); pickle files can run "
-                        "arbitrary code, only use files you trust")
+                   help="allow loading .ckpt/.pt pickle files (checkpoints and LoRAs); they are read with "
+                        "torch's weights-only loader, and a file that needs more (code, classes) is refused")
+    p.add_argument("--outputs-dir", default=None, metavar="DIR",
+                   help="where images are saved (default: <data-dir>/outputs); only the command line can put "
+                        "them outside the data dir")
+    add_limit_flags(p)
     return p
 
 

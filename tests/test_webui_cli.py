@@ -55,6 +55,8 @@ def test_security_warnings_when_listening_without_auth():
     closed = SimpleNamespace(listen=True, gradio_auth=[("a", "b")], api=True, api_auth=[("c", "d")])
     assert security_warnings(closed) == []
     assert security_warnings(SimpleNamespace(listen=False, gradio_auth=[], api=True, api_auth=[])) == []
+    # the UI's password covers the API when the API has none of its own
+    assert security_warnings(SimpleNamespace(listen=True, gradio_auth=[("a", "b")], api=True, api_auth=[])) == []
 
 
 def test_a_missing_checkpoint_stops_the_start_with_one_clear_message(tmp_path):

@@ -81,6 +81,9 @@ class ApiRoute(APIRoute):
                 kind = "NotImplemented" if exc.status == 501 else "BadRequest" if exc.status < 500 else "ServerError"
                 return error_response(exc.status, kind, str(exc),
                                       await _body_text(request), fields)
+            except (UnicodeError, RecursionError) as exc:  # text that is not Unicode, nesting too deep
+                return error_response(422, "BadRequest", f"body: {type(exc).__name__}", await _body_text(request),
+                                      [{"field": "body", "message": f"cannot be processed ({type(exc).__name__})"}])
             except HTTPException as exc:
                 return error_response(exc.status_code, "HTTPException", str(exc.detail), await _body_text(request),
                                       [], headers=getattr(exc, "headers", None))

@@ -2,39 +2,112 @@
 written for A1111 send many we do not use), so every request model uses `extra="ignore"`."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _no_bool(value: Any) -> Any:
+    """JSON true/false is not a number here (pydantic would read `steps: true` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+def _no_surrogates(value: str) -> str:
+    """A lone UTF-16 surrogate ("\\ud800") cannot be encoded as UTF-8 (tokenizer, PNG text): refuse it here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds a lone surrogate at character {exc.start} (not valid Unicode text)") from None
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Text = Annotated[str, AfterValidator(_no_surrogates)]
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class Txt2ImgBody(_Lenient):
-    """A1111's StableDiffusionTxt2ImgProcessingAPI, the fields this app uses."""
+# A1111 txt2img fields this app does not implement. Sent with a value that would change the image they
+# are refused (422 naming the field) rather than silently ignored; their A1111 defaults (what clients
+# send when they do not use them) are accepted. Sampler, scheduler, subseed, seed-resize and RNG fields
+# are not listed here: the sampling engine owns them.
+UNSUPPORTED_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "enable_hr": (False, None),
+    "hr_scale": (None, 2, 2.0, 1, 1.0),
+    "hr_upscaler": (None, ""),
+    "hr_second_pass_steps": (None, 0),
+    "hr_resize_x": (None, 0),
+    "hr_resize_y": (None, 0),
+    "hr_checkpoint_name": (None, ""),
+    "hr_sampler_name": (None, ""),
+    "hr_scheduler": (None, ""),
+    "hr_prompt": (None, ""),
+    "hr_negative_prompt": (None, ""),
+    "denoising_strength": (None, 0, 0.0, 0.7, 0.75),
+    "firstphase_width": (None, 0),
+    "firstphase_height": (None, 0),
+    "styles": (None, []),
+    "restore_faces": (None, False),
+    "tiling": (None, False),
+    "do_not_save_samples": (None, False),
+    "do_not_save_grid": (None, False),
+    "script_name": (None, ""),
+    "script_args": (None, []),
+    "alwayson_scripts": (None, {}),
+    "refiner_checkpoint": (None, ""),
+    "refiner_switch_at": (None, 0, 0.0),
+    "init_images": (None, []),
+    "mask": (None, ""),
+}
 
-    prompt: str = Field("", description="Prompt; `<lora:name:weight>` tags apply LoRAs for this request only.")
-    negative_prompt: str = ""
-    seed: int = Field(-1, description="-1 = random")
-    subseed: int = Field(-1, description="Variation seed (-1 = random); used when subseed_strength > 0")
-    subseed_strength: float = Field(0.0, description="Variation strength, 0..1 (slerp towards the subseed's noise)")
-    seed_resize_from_h: int = Field(-1, description="'Seed resize from' height (> 0 with the width to take effect)")
-    seed_resize_from_w: int = Field(-1, description="'Seed resize from' width")
-    eta: float | None = Field(None, description="Eta of ancestral/SDE/DDIM samplers; None = A1111's default")
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float | None = None
-    s_noise: float = 1.0
+
+def unsupported_fields(extra: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """(field, value) for each A1111 field we do not implement that asks for something."""
+    out = []
+    for name, value in (extra or {}).items():
+        allowed = UNSUPPORTED_DEFAULTS.get(name)
+        if allowed is not None and not any(value == a and type(value) is type(a) or (value is None and a is None)
+                                           or (isinstance(a, (int, float)) and not isinstance(a, bool)
+                                               and isinstance(value, (int, float)) and not isinstance(value, bool)
+                                               and value == a)
+                                           for a in allowed):
+            out.append((name, value))
+    return out
+
+
+class Txt2ImgBody(_Lenient):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI, the fields this app uses. Other A1111 fields it does
+    not implement (hires fix, styles, restore faces, scripts...) are refused when they ask for
+    something (`UNSUPPORTED_DEFAULTS`); fields A1111 does not know are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: Text = Field("", description="Prompt; `<lora:name:weight>` tags apply LoRAs for this request only.")
+    negative_prompt: Text = ""
+    seed: Int = Field(-1, description="-1 = random")
+    subseed: Int = Field(-1, description="Variation seed (-1 = random); used when subseed_strength > 0")
+    subseed_strength: Float = Field(0.0, description="Variation strength, 0..1 (slerp towards the subseed's noise)")
+    seed_resize_from_h: Int = Field(-1, description="'Seed resize from' height (> 0 with the width to take effect)")
+    seed_resize_from_w: Int = Field(-1, description="'Seed resize from' width")
+    eta: Float | None = Field(None, description="Eta of ancestral/SDE/DDIM samplers; None = A1111's default")
+    s_churn: Float = 0.0
+    s_tmin: Float = 0.0
+    s_tmax: Float | None = None
+    s_noise: Float = 1.0
     sampler_name: str | None = Field(None, description="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M'")
     sampler_index: str | None = Field(None, description="Old A1111 alias of sampler_name")
     scheduler: str | None = Field(None, description="A1111 'Schedule type': Automatic, Karras, ...")
-    steps: int = 20
-    cfg_scale: float = 7.0
-    width: int | None = Field(None, description="Pixels, multiple of 8; default: the model's native size")
-    height: int | None = None
-    batch_size: int = 1
-    n_iter: int = Field(1, description="Batch count")
+    steps: Int = 20
+    cfg_scale: Float = 7.0
+    width: Int | None = Field(None, description="Pixels, multiple of 8; default: the model's native size")
+    height: Int | None = None
+    batch_size: Int = 1
+    n_iter: Int = Field(1, description="Batch count")
     override_settings: dict[str, Any] | None = Field(
         None, description="Per-request options: sd_model_checkpoint, CLIP_stop_at_last_layers")
     override_settings_restore_afterwards: bool = True
@@ -49,7 +122,7 @@ class Txt2ImgResponse(BaseModel):
 
 
 class PngInfoBody(_Lenient):
-    image: str = Field(description="base64 image (PNG, JPEG or WebP), with or without a data: URL prefix")
+    image: Text = Field(description="base64 image (PNG, JPEG or WebP), with or without a data: URL prefix")
 
 
 class PngInfoResponse(BaseModel):
@@ -110,8 +183,8 @@ class ProgressResponse(BaseModel):
 
 
 class LoraWeight(_Lenient):
-    name: str
-    weight: float = 1.0
+    name: Text
+    weight: Float = 1.0
 
 
 class CompareBody(Txt2ImgBody):
@@ -119,7 +192,7 @@ class CompareBody(Txt2ImgBody):
 
     loras: list[LoraWeight] = Field(default_factory=list,
                                     description="LoRAs for the 'with' side; empty: the prompt's own tags")
-    change_threshold: int = Field(2, description="a pixel counts as changed above this (0..255)")
+    change_threshold: Int = Field(2, description="a pixel counts as changed above this (0..255)")
 
 
 class CompareResponse(BaseModel):
@@ -138,9 +211,9 @@ class CompareResponse(BaseModel):
 
 
 class SweepBody(Txt2ImgBody):
-    weights: list[float] | str = Field("0, 0.25, 0.5, 0.75, 1",
+    weights: list[Float] | Text = Field("0, 0.25, 0.5, 0.75, 1",
                                        description="weights (columns): a list or A1111 X/Y text such as '0-1 [5]'")
-    loras: list[str] = Field(default_factory=list, description="LoRA names (rows); empty: the prompt's own tags")
+    loras: list[Text] = Field(default_factory=list, description="LoRA names (rows); empty: the prompt's own tags")
 
 
 class SweepResponse(BaseModel):

@@ -7,6 +7,7 @@ anything is queued, with a 422 JSON body naming the field; the worker and the mo
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -15,57 +16,53 @@ import math
 import os
 import re
 import secrets
+import struct
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Callable
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
+from lora_ui import limits as app_limits
 from lora_ui.api import models as m
 from lora_ui.api.errors import ApiError, ApiErrors, ApiRoute
+from lora_ui.limits import MAX_CFG, MAX_CLIP_SKIP, MAX_IMAGE_BASE64_CHARS, MAX_IMAGE_PIXELS, MAX_REQUEST_SEED, Limits
 
 PREFIX = "/sdapi/v1"
-MAX_CLIP_SKIP = 12
-MAX_IMAGE_BASE64_CHARS = 64 * 1024 * 1024  # png-info: refuse bodies that cannot be a sane image
+# options that name server-wide paths: command-line only (--data-dir, --outputs-dir)
+PATH_OPTION_MARKERS = ("outdir", "_dir", "dir_", "path", "directory", "folder")
 
 
-@dataclass(frozen=True)
-class ApiLimits:
-    """Caps on what one API request may ask for (the engine has its own, wider, hard limits).
-
-    From Settings when it has the attribute (`api_max_size`, `api_max_steps`, `api_max_batch_size`,
-    `api_max_batch_count`), else these defaults."""
-
-    max_size: int = 2048
-    max_steps: int = 150
-    max_batch_size: int = 8
-    max_batch_count: int = 100
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "ApiLimits":
-        values = {}
-        for name in ("max_size", "max_steps", "max_batch_size", "max_batch_count"):
-            value = getattr(settings, f"api_{name}", None) if settings is not None else None
-            if value is not None:
-                values[name] = int(value)
-        return cls(**values)
+ApiLimits = Limits  # the API applies lora_ui.limits.Limits (the same as the UI); old name kept
 
 
 class SdApi:
     """The API's handlers, bound to one AppContext (settings, models, library, worker).
 
-    `clip_skip` is the API's default for requests without CLIP_stop_at_last_layers (POST /options)."""
+    The default clip skip for requests without CLIP_stop_at_last_layers is `ctx.settings.clip_skip`
+    (POST /options sets it for this run; the API object holds no state of its own)."""
 
-    def __init__(self, ctx: Any, limits: ApiLimits) -> None:
+    def __init__(self, ctx: Any, limits: Limits) -> None:
         self.ctx = ctx
         self.limits = limits
-        self.clip_skip = int(getattr(getattr(ctx, "settings", None), "clip_skip", 1) or 1)
+
+    @property
+    def clip_skip(self) -> int:
+        value = getattr(getattr(self.ctx, "settings", None), "clip_skip", 1)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+    @clip_skip.setter
+    def clip_skip(self, value: int) -> None:
+        settings = getattr(self.ctx, "settings", None)
+        if settings is not None:
+            settings.clip_skip = int(value)
 
     # ------------------------------------------------------------------ validation helpers
     def _check_lora_names(self, names: list[str], field: str) -> list[ApiError]:
@@ -80,6 +77,9 @@ class SdApi:
                 errors.append(ApiError(field, f"LoRA {name!r} asked for, but no LoRA folder is configured"))
             elif (entry := library.resolve(name)) is not None and getattr(entry, "broken", False):
                 errors.append(ApiError(field, f"LoRA {name!r} cannot be used: {getattr(entry, 'error', '') or 'broken file'}"))
+            elif entry is not None and getattr(entry, "unsafe", False):
+                errors.append(ApiError(field, f"LoRA {name!r} is a pickle file (.pt/.ckpt), refused: pickles can run "
+                                              "code; convert it to .safetensors (or start the server with --allow-pickle)"))
             elif entry is None:
                 known = sorted(e.name for e in getattr(library, "entries", []))
                 shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
@@ -149,10 +149,20 @@ class SdApi:
         int_range("steps", body.steps, 1, limits.max_steps)
         int_range("batch_size", body.batch_size, 1, limits.max_batch_size)
         int_range("n_iter", body.n_iter, 1, limits.max_batch_count)
-        if body.seed < -1 or body.seed > 2**32 - 1:
-            errors.append(ApiError("seed", f"must be -1 (random) or 0 to {2**32 - 1}, got {body.seed}"))
-        if not math.isfinite(body.cfg_scale) or not 0 <= body.cfg_scale <= 30:
-            errors.append(ApiError("cfg_scale", f"must be a number from 0 to 30, got {body.cfg_scale}"))
+        if body.seed < -1 or body.seed > MAX_REQUEST_SEED:
+            errors.append(ApiError("seed", f"must be -1 (random) or 0 to {MAX_REQUEST_SEED}, got {body.seed}"))
+        if not math.isfinite(body.cfg_scale) or not 0 <= body.cfg_scale <= MAX_CFG:
+            errors.append(ApiError("cfg_scale", f"must be a number from 0 to {MAX_CFG:g}, got {body.cfg_scale}"))
+        if not errors:
+            model = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
+            for exc in limits.request_errors(prompt=body.prompt, negative_prompt=body.negative_prompt,
+                                             steps=body.steps, width=body.width, height=body.height,
+                                             batch_size=body.batch_size, batch_count=body.n_iter,
+                                             default_size=getattr(model, "default_size", None)):
+                errors.append(ApiError(_API_FIELD.get(exc.field, exc.field), exc.message))
+        for name, value in m.unsupported_fields(body.model_extra):
+            errors.append(ApiError(name, f"is not implemented by LoRA UI (got {value!r}); leave it out or at "
+                                         "its A1111 default"))
         sampler_field = "sampler_name" if body.sampler_name is not None else "sampler_index"
         sampler = body.sampler_name or body.sampler_index or "Euler"  # A1111's API default
         scheduler = body.scheduler or "Automatic"
@@ -163,10 +173,20 @@ class SdApi:
 
         _, tags, warnings = extract_lora_tags(body.prompt)
         errors += _malformed_lora_tags(body.prompt)
+        for tag in tags:
+            for what, value in (("weight", tag.te), ("UNet weight", tag.unet)):
+                if value is not None:
+                    try:
+                        limits.check_lora_weight(value, "prompt", f"<lora:{tag.name}> {what}")
+                    except app_limits.LimitError as exc:
+                        errors.append(ApiError("prompt", exc.message))
         errors += self._check_lora_names([t.name for t in tags], "prompt")
         errors += self._check_lora_names(list(extra_lora_names), "loras")
 
         overrides = body.override_settings or {}
+        errors += [ApiError(f"override_settings.{key}", "not an option this app implements per request; "
+                            f"valid: {', '.join(sorted(PER_REQUEST_OPTIONS))}")
+                   for key in overrides if key not in PER_REQUEST_OPTIONS]
         checkpoint = None
         clip_skip = self.clip_skip
         try:
@@ -192,7 +212,7 @@ class SdApi:
         return request, checkpoint, list(warnings)
 
     # ------------------------------------------------------------------ txt2img
-    def txt2img(self, body: m.Txt2ImgBody) -> dict[str, Any]:
+    def txt2img(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
         req, checkpoint, _ = self.build_request(body)
         restore = body.override_settings_restore_afterwards
 
@@ -207,7 +227,10 @@ class SdApi:
                     session.switch_model(str(previous.path) if previous.path is not None else None)
 
         started = time.time()
-        result, model = _await_render(self.ctx.worker.submit(job, kind="txt2img", job_count=req.batch_count))
+        future = self.ctx.worker.submit(job, kind="txt2img", job_count=req.batch_count)
+        if watch is not None:
+            watch.add(future, self.ctx.worker)
+        result, model = _await_render(future)
         images = [_png_base64(image, text) for image, text in zip(result.images, result.infotexts)]
         n = len(result.images)
         width, height = result.images[0].size if result.images else (req.width, req.height)
@@ -242,14 +265,19 @@ class SdApi:
             "interrupted": bool(getattr(result, "interrupted", False)),
             "saved_paths": [str(p) for p in result.saved_paths],
         }
-        return {"images": images if body.send_images else [], "parameters": body.model_dump(),
-                "info": json.dumps(info)}
+        return {"images": images if body.send_images else [],
+                "parameters": body.model_dump(exclude=set(body.model_extra or ())), "info": json.dumps(info)}
 
     # ------------------------------------------------------------------ compare / sweep
     def compare(self, body: m.CompareBody) -> dict[str, Any]:
         from lora_ui import compare as core
 
         req, checkpoint, _ = self.build_request(body, [lw.name for lw in body.loras])
+        for lw in body.loras:
+            try:
+                self.limits.check_lora_weight(lw.weight, "loras", f"weight of {lw.name!r}")
+            except app_limits.LimitError as exc:
+                raise ApiError("loras", exc.message) from None
         if checkpoint is not None:
             raise ApiError("override_settings.sd_model_checkpoint",
                            "compare renders with the loaded model; switch it first with POST /sdapi/v1/options")
@@ -289,6 +317,11 @@ class SdApi:
             weights = core.parse_weight_list(body.weights) if isinstance(body.weights, str) else list(body.weights)
         except core.CompareError as exc:
             raise ApiError("weights", str(exc)) from None
+        for weight in weights:
+            try:
+                self.limits.check_lora_weight(weight, "weights", "sweep weight")
+            except app_limits.LimitError as exc:
+                raise ApiError("weights", exc.message) from None
         try:
             with _request_errors_as_422():
                 result = core.sweep(self.ctx, core.SweepRequest(base=_single(req), weights=weights,
@@ -329,6 +362,10 @@ class SdApi:
         }
 
     def set_options(self, body: dict[str, Any]) -> dict[str, Any]:
+        for key in body:
+            if any(marker in str(key).lower() for marker in PATH_OPTION_MARKERS):
+                raise ApiError(str(key), "server-wide paths are set on the command line only (--data-dir, "
+                                         "--outputs-dir), never through the API", status=403)
         clip = self._clip_skip_override(body, "CLIP_stop_at_last_layers")
         ref = None
         if "sd_model_checkpoint" in body:
@@ -408,6 +445,9 @@ _LORA_TAG_RE = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)
 SAMPLING_OVERRIDES = {"eta_noise_seed_delta": "ensd", "randn_source": "rng", "sigma_min": "sigma_min",
                       "sigma_max": "sigma_max", "rho": "rho", "eta_ancestral": "eta", "s_churn": "s_churn",
                       "s_tmin": "s_tmin", "s_tmax": "s_tmax", "s_noise": "s_noise"}
+
+
+PER_REQUEST_OPTIONS = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers", "eta_ddim", *SAMPLING_OVERRIDES})
 
 
 def sampling_fields(body: m.Txt2ImgBody, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -517,8 +557,12 @@ def decode_base64_image(data: str, field: str):
         raise ApiError(field, "is empty")
     try:
         image = Image.open(io.BytesIO(raw))
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:  # checked from the header, before decoding a pixel
+            raise ApiError(field, f"is a {width}x{height} image; at most {MAX_IMAGE_PIXELS} pixels are decoded")
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, EOFError,
+            SyntaxError, struct.error) as exc:
         raise ApiError(field, f"is base64 but not a readable image ({type(exc).__name__})") from None
     return image
 
@@ -545,6 +589,69 @@ def _process_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class JobWatch:
+    """The worker jobs one HTTP request submitted; `cancel()` (the client went away) cancels a queued
+    job or interrupts the running one, and cancels any job the request submits afterwards."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: list[tuple[Any, Any]] = []
+        self.cancelled = False
+
+    def add(self, future: Any, worker: Any) -> None:
+        with self._lock:
+            self._jobs.append((future, worker))
+            cancelled = self.cancelled
+        if cancelled:
+            _stop_job(future, worker)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            jobs = list(self._jobs)
+        for future, worker in jobs:
+            _stop_job(future, worker)
+
+
+def _stop_job(future: Any, worker: Any) -> None:
+    if not future.cancel() and not future.done():
+        worker.interrupt(getattr(future, "job_id", None))
+
+
+# Threads that wait for renders (and model switches). Not the event loop's thread pool: a queue of
+# waiting renders never delays a listing (loras, sd-models, progress, png-info), which runs there.
+_RENDER_WAITERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lora-ui-api-render")
+
+
+async def run_render(request: Any, call: Callable[["JobWatch"], Any]) -> Any:
+    """Run `call(watch)` (which submits to the worker and waits) on a render-waiting thread; when the
+    HTTP client disconnects first, the job is cancelled/interrupted and nothing is answered."""
+    loop = asyncio.get_running_loop()
+    watch = JobWatch()
+    task = asyncio.ensure_future(loop.run_in_executor(_RENDER_WAITERS, call, watch))
+
+    async def client_gone() -> None:
+        while True:
+            message = await request.receive()
+            if message.get("type") == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not watcher.done():
+            watcher.cancel()
+    if task in done:
+        return task.result()
+    watch.cancel()
+    try:
+        await task
+    except Exception:  # noqa: BLE001 - the client is gone; the job's end is logged by the worker
+        pass
+    return Response(status_code=499)
+
+
 # ---------------------------------------------------------------------------------------- wiring
 def _auth_dependency(auth: list[tuple[str, str]] | None):
     basic = HTTPBasic(auto_error=False)
@@ -564,16 +671,17 @@ def _auth_dependency(auth: list[tuple[str, str]] | None):
     return check
 
 
-def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits | None = None) -> APIRouter:
-    api = SdApi(ctx, limits or ApiLimits.from_settings(getattr(ctx, "settings", None)))
+def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | None = None) -> APIRouter:
+    api = SdApi(ctx, limits or app_limits.of(getattr(ctx, "settings", None)))
     router = APIRouter(prefix=PREFIX, route_class=ApiRoute, dependencies=[Depends(_auth_dependency(auth))])
     a1111 = ["A1111-compatible"]
     own = ["LoRA UI"]
 
     @router.post("/txt2img", response_model=m.Txt2ImgResponse, tags=a1111)
-    def txt2img(body: m.Txt2ImgBody):
-        """Render; `<lora:name:weight>` tags in the prompt apply LoRAs for this request only."""
-        return api.txt2img(body)
+    async def txt2img(body: m.Txt2ImgBody, request: Request):
+        """Render; `<lora:name:weight>` tags in the prompt apply LoRAs for this request only. A client
+        that disconnects cancels its job."""
+        return await run_render(request, lambda watch: api.txt2img(body, watch))
 
     @router.get("/loras", response_model=list[m.LoraItem], tags=a1111)
     def loras():
@@ -596,10 +704,11 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits
         return api.options()
 
     @router.post("/options", tags=a1111)
-    def set_options(body: dict[str, Any]):
+    async def set_options(body: dict[str, Any], request: Request):
         """`sd_model_checkpoint` switches the model (through the worker, between renders);
-        `CLIP_stop_at_last_layers` sets the default clip skip. Other keys are ignored."""
-        return api.set_options(body)
+        `CLIP_stop_at_last_layers` sets the default clip skip. Paths are refused (command line only);
+        other keys are ignored and listed as such."""
+        return await run_render(request, lambda watch: api.set_options(body))
 
     @router.get("/samplers", response_model=list[m.SamplerItem], tags=a1111)
     def samplers():
@@ -656,17 +765,17 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits
 
     @router.post("/lora-ui/compare", response_model=m.CompareResponse, tags=own,
                  summary="Render without and with LoRAs at one seed; difference numbers and heatmap")
-    def compare(body: m.CompareBody):
+    async def compare(body: m.CompareBody, request: Request):
         """The same request twice at one fixed seed: once with every LoRA tag removed, once with the
         prompt's tags plus `loras`. Returns both images, a heatmap of |with - without| and its numbers."""
-        return api.compare(body)
+        return await run_render(request, lambda watch: api.compare(body))
 
     @router.post("/lora-ui/sweep", response_model=m.SweepResponse, tags=own,
                  summary="Weight sweep: a labelled grid of LoRA (rows) x weight (columns)")
-    def sweep(body: m.SweepBody):
+    async def sweep(body: m.SweepBody, request: Request):
         """Renders each LoRA at each weight at one seed (weight 0 = the shared baseline, rendered once)
         and returns the labelled grid PNG (infotext embedded)."""
-        return api.sweep(body)
+        return await run_render(request, lambda watch: api.sweep(body))
 
     @router.get("/openapi.json", include_in_schema=False)
     def openapi_json():
@@ -681,13 +790,19 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: ApiLimits
 
 
 def create_api(app: FastAPI, ctx: Any, auth: list[tuple[str, str]] | None = None,
-               limits: ApiLimits | None = None) -> None:
+               limits: Limits | None = None) -> None:
     """Add the `/sdapi/v1/*` routes to `app` (the FastAPI app gradio serves, or any FastAPI app).
 
-    auth: HTTP Basic (user, password) pairs (`--api-auth`); None or empty -> no authentication.
+    auth: HTTP Basic (user, password) pairs (`--api-auth`, else `--gradio-auth`: webui.py passes the UI's
+    credentials when the API has none); None or empty -> no authentication. A RequestGuard (body size,
+    JSON depth, auth on /openapi.json and /docs) is put in front of the whole app.
     Our routes are moved to the front of the app's route list, so a catch-all route the app may
     already have (gradio's) cannot shadow them."""
+    from lora_ui.api import guard
+
+    limits = limits or app_limits.of(getattr(ctx, "settings", None))
     router = build_router(ctx, auth, limits)
+    guard.install(app, max_body_bytes=limits.max_body_bytes, api_prefix=PREFIX, auth=auth)
     before = list(app.router.routes)
     app.include_router(router)
     added = [r for r in app.router.routes if r not in before]

@@ -19,13 +19,14 @@ import hashlib
 import json
 import logging
 import os
-import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lora_ui.pickles import load_pickle_weights
 
 from . import devices
 
@@ -50,8 +51,34 @@ class CheckpointError(Exception):
 # Hashes
 # ----------------------------------------------------------------------------------------------
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-_HASH_LOCK = threading.Lock()
+class HashCache:
+    """sha256 of checkpoint files, keyed by (resolved path, total size, newest mtime): a file changed on
+    disk gets a new key. The only process-wide mutable state of this module (`HASHES`); thread-safe."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path: Path) -> tuple[tuple[str, int, int], list[Path]]:
+        files = _weight_files(path) if path.is_dir() else [path]
+        return (str(path.resolve()), sum(f.stat().st_size for f in files),
+                max((f.stat().st_mtime_ns for f in files), default=0)), files
+
+    def get(self, key: tuple[str, int, int]) -> str | None:
+        with self._lock:
+            return self._values.get(key)
+
+    def put(self, key: tuple[str, int, int], value: str) -> None:
+        with self._lock:
+            self._values[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+HASHES = HashCache()
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -60,38 +87,33 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def sha256_of(path: Path) -> str:
     """Full sha256 (hex) of a file; for a diffusers folder, of its weight files (relative path + bytes,
-    sorted) so the same folder always hashes the same. Cached by (path, size, mtime) for the process."""
+    sorted) so the same folder always hashes the same. Cached in HASHES for the process."""
+    from lora_ui.files import open_regular
+
     path = Path(path)
-    files = _weight_files(path) if path.is_dir() else [path]
-    stat_key = (str(path.resolve()), sum(f.stat().st_size for f in files),
-                max((f.stat().st_mtime_ns for f in files), default=0))
-    with _HASH_LOCK:
-        if stat_key in _HASH_CACHE:
-            return _HASH_CACHE[stat_key]
+    stat_key, files = HashCache.key(path)
+    cached = HASHES.get(stat_key)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
     for f in files:
         if path.is_dir():
             digest.update(f.relative_to(path).as_posix().encode())
-        with open(f, "rb") as fh:
+        with open_regular(f) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     value = digest.hexdigest()
-    with _HASH_LOCK:
-        _HASH_CACHE[stat_key] = value
+    HASHES.put(stat_key, value)
     return value
 
 
 def cached_short_hash(path: Path) -> str | None:
     """The AutoV2 short hash if it was already computed in this process, else None (never hashes)."""
-    path = Path(path)
     try:
-        files = _weight_files(path) if path.is_dir() else [path]
-        key = (str(path.resolve()), sum(f.stat().st_size for f in files),
-               max((f.stat().st_mtime_ns for f in files), default=0))
+        key, _ = HashCache.key(Path(path))
     except OSError:
         return None
-    with _HASH_LOCK:
-        full = _HASH_CACHE.get(key)
+    full = HASHES.get(key)
     return full[:10] if full else None
 
 
@@ -190,62 +212,31 @@ def list_checkpoints(dirs, *, extra: list[Path] | None = None) -> list[Checkpoin
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (tensor name -> {dtype, shape, data_offsets}, plus
-    "__metadata__"), checked against the file size so truncated downloads are caught here."""
+    "__metadata__"), read by the app's one header reader (regular files only, bounded, checked against
+    the file size so truncated downloads are caught here)."""
+    from lora_ui.safetensors_header import SafetensorsHeaderError, read_header
+
     path = Path(path)
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than 8 bytes")
-            (n,) = struct.unpack("<Q", head)
-            if n <= 0 or n > min(size - 8, 100_000_000):
-                raise ValueError(f"header length {n} does not fit a {size}-byte file")
-            header = json.loads(fh.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path.name} is not a valid .safetensors file ({e}); the file is corrupt "
+        header = read_header(path)
+    except SafetensorsHeaderError as e:
+        reason = str(e).removeprefix(str(path) + ": ")
+        if "truncated" in reason or "larger than the file" in reason:
+            raise CheckpointError(f"{path.name} is truncated ({reason}). The download is incomplete; "
+                                  "download it again.") from None
+        raise CheckpointError(f"{path.name} is not a valid .safetensors file ({reason}); the file is corrupt "
                               "or not a checkpoint. Download it again.") from None
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path.name} is truncated: its header describes {8 + n + end} bytes but the "
-                              f"file has {size}. The download is incomplete; download it again.")
-    return header
+    return {**header.raw_tensors, "__metadata__": dict(header.metadata)}
 
 
 def detect_architecture(shapes: dict[str, list[int]], filename: str = "checkpoint") -> str:
-    """"sd1" or "sdxl" from tensor names and shapes (markers from checkpoints.md); anything else
-    raises CheckpointError saying what it is and that it is not supported."""
-    keys = shapes.keys()
+    """"sd1" or "sdxl" (lora_ui.arch.detect_checkpoint_arch); anything else raises CheckpointError."""
+    from lora_ui.arch import ArchitectureError, detect_checkpoint_arch
 
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    in_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
-    if has("conditioner.embedders.1.model.") or has("conditioner.embedders.0.model."):
-        if not has("conditioner.embedders.0.transformer.text_model."):
-            raise CheckpointError(f"{filename} is an SDXL refiner (no CLIP-L text encoder); refiners are not "
-                                  "supported. Use an SDXL base checkpoint.")
-        arch = "sdxl"
-    elif has("cond_stage_model.model."):
-        raise CheckpointError(f"{filename} is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder); "
-                              "only SD1.x and SDXL are supported.")
-    elif has("cond_stage_model.transformer.") and has("model.diffusion_model."):
-        arch = "sd1"
-    elif has("lora_unet_") or has("lora_te") or any(".lora_down." in k or ".lora_A." in k for k in keys):
-        raise CheckpointError(f"{filename} is a LoRA, not a checkpoint: put it in models/Lora and use it "
-                              "with <lora:name:1> in the prompt.")
-    elif has("model.diffusion_model."):
-        raise CheckpointError(f"{filename} has a UNet but no text encoder this app knows "
-                              "(not SD1.x or SDXL); it is not supported.")
-    else:
-        raise CheckpointError(f"{filename}: architecture not recognised (no Stable Diffusion UNet keys "
-                              "'model.diffusion_model.*'); only SD1.x and SDXL checkpoints are supported.")
-    if in_conv is not None and len(in_conv) == 4 and in_conv[1] != 4:
-        raise CheckpointError(f"{filename} is an inpainting/instruct model ({in_conv[1]} UNet input "
-                              "channels); only plain txt2img checkpoints (4 channels) are supported.")
-    return arch
+    try:
+        return detect_checkpoint_arch(shapes, filename)
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _is_lfs_pointer(path: Path) -> bool:
@@ -366,11 +357,7 @@ def load_single_file(path: Path, choice: devices.DeviceChoice, *, allow_pickle: 
             raise CheckpointError(f"{path.name} is a pickle checkpoint, which can run arbitrary code when "
                                   "loaded. Use a .safetensors version, or start with --allow-pickle if you "
                                   "trust the file.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise CheckpointError(f"{path.name} could not be read as a pickle checkpoint ({type(e).__name__}); "
-                                  "it is corrupt. Download it again.") from e
+        state = load_pickle_weights(path, CheckpointError)
         state = state.get("state_dict", state) if isinstance(state, dict) else {}
         shapes = {k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
         del state

@@ -37,6 +37,9 @@ from typing import Any, Callable
 
 import torch
 
+from lora_ui.limits import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP, MAX_SEED, MAX_SIZE,
+                            MAX_STEPS, MIN_SIZE)
+
 from . import conditioning
 from .sampling import registry
 from .sampling.denoiser import CFGDenoiser, DiscreteDenoiser, DiscreteSchedule, sdxl_time_ids
@@ -46,13 +49,6 @@ from .sampling.rng import BrownianNoise, ImageRNG, to_uint8
 log = logging.getLogger(__name__)
 
 VERSION = "lora-ui v0.1"
-MIN_SIZE, MAX_SIZE = 16, 2048
-MAX_STEPS = 150
-MAX_CFG = 30.0
-MAX_BATCH_SIZE = 8
-MAX_BATCH_COUNT = 100
-MAX_CLIP_SKIP = 12
-MAX_SEED = 2**32 - 2
 _RE_SEQUENCE = re.compile(r"^(\d+)-")
 
 

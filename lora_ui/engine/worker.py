@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
+from lora_ui.limits import MAX_SEED  # A1111: random seeds are drawn from [0, 2**32 - 2]
 from lora_ui.engine.progress import ProgressState, ProgressTracker
 
 if TYPE_CHECKING:  # imported for annotations only: the worker is built before these may be needed
@@ -39,7 +40,13 @@ if TYPE_CHECKING:  # imported for annotations only: the worker is built before t
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_SEED = 4294967294  # A1111: random seeds are drawn from [0, 2**32 - 2]
+
+
+# added to a result's warnings (shown by the UI, in the API's info.warnings) when sampling produced
+# NaN/Inf: the image is then black or noise, not what was asked for
+NON_FINITE_WARNING = ("the render of seed(s) {seeds} produced non-finite values (NaN/Inf) from step {step} on: "
+                      "the image is not valid. A LoRA weight or CFG scale is too large for this model, or a "
+                      "LoRA/checkpoint is damaged")
 
 
 class WorkerStopped(RuntimeError):
@@ -91,6 +98,7 @@ class WorkerSession:
     _worker: "Worker" = field(repr=False)
     _iterations_started: int = 0
     _skipped_iteration: bool = False
+    _non_finite_step: int | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -136,11 +144,16 @@ class WorkerSession:
             self._iterations_started += 1
             self._worker._clear_skip(self.job_id)
             self._skipped_iteration = False
+            self._non_finite_step = None
             iteration = replace(req, seed=seed + n * req.batch_size, batch_count=1)
             result = self._worker._generate(
                 self.model, iteration, library=self.library, loras=self.loras,
                 on_step=self._on_step, outputs_dir=self.outputs_dir,
             )
+            if self._non_finite_step is not None and hasattr(result, "warnings"):
+                result = replace(result, warnings=[*result.warnings, NON_FINITE_WARNING.format(
+                    seeds=", ".join(str(s) for s in getattr(result, "seeds", [])) or "?",
+                    step=self._non_finite_step)])
             if self._skipped_iteration and not self.interrupted and hasattr(result, "interrupted"):
                 result = replace(result, interrupted=False)  # skipped, not interrupted: the job goes on
             results.append(result)
@@ -159,6 +172,11 @@ class WorkerSession:
         from lora_ui.engine.txt2img import GenerationInterrupted
 
         self.progress.step(step, total, latents, self.model.arch)
+        if latents is not None and self._non_finite_step is None and (step >= total or step % 5 == 0):
+            import torch
+
+            if not bool(torch.isfinite(latents).all()):
+                self._non_finite_step = step
         if self._worker._is_interrupted(self.job_id):
             raise GenerationInterrupted("interrupted")
         if self._worker._is_skipped(self.job_id):

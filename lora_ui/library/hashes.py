@@ -9,6 +9,8 @@ import hashlib
 import struct
 from pathlib import Path
 
+from lora_ui.files import open_regular
+
 __all__ = ["HashError", "file_hashes", "AUTOV2_LENGTH", "SHORT_HASH_LENGTH"]
 
 AUTOV2_LENGTH = 10
@@ -29,7 +31,7 @@ def file_hashes(path: Path, safetensors: bool = True) -> tuple[str, str | None]:
     whole = hashlib.sha256()
     after_header = hashlib.sha256() if safetensors else None
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             prefix = handle.read(8)
             whole.update(prefix)
             skip = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 and safetensors else 0

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from lora_ui.arch import detect_arch
 from lora_ui.safetensors_header import SafetensorsHeader
 
 __all__ = ["FileSummary", "summarize_header", "decode_metadata", "tag_frequency", "detect_arch",
@@ -39,14 +40,7 @@ _LORA_UP = ("lora_up.weight", "lora_B.weight", "lora.up.weight")
 _CONV_MARKERS = ("resnets", "in_layers", "out_layers", "emb_layers", "skip_connection", "downsamplers",
                  "upsamplers", "conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "_op\n", ".op\n")
 _TE_PREFIXES = ("lora_te", "lycoris_te", "text_encoder", "te_", "te1", "te2", "oft_te")
-# Name tests for detect_arch, as plain substrings of the newline-joined module names (C-speed `in`);
-# "\n" + a prefix means "a module name starts with it".
-_SDXL_LDM_NAMES = ("input_blocks", "output_blocks", "middle_block")
-_SD1_DIFFUSERS_NAMES = ("down_blocks", "up_blocks", "mid_block", "\nlora_te_", "\ntext_encoder.", "\noft_te_",
-                        "\nlycoris_te_")
-_SD1_LDM_LEVEL0_ATTN_NAMES = ("input_blocks_1_1_", "input_blocks_2_1_", "input_blocks.1.1.", "input_blocks.2.1.")
-_TE2_STARTS = ("\nlora_te2_", "\ntext_encoder_2.", "\nlycoris_te2_", "\nte2.")
-_TE1_STARTS = ("\nlora_te1_",)
+
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -131,65 +125,6 @@ def _most_common(values: list[int]) -> int | None:
         return None
     counts = Counter(values)
     return max(counts, key=lambda v: (counts[v], v))
-
-
-def _contains_any(text: str, needles: tuple[str, ...]) -> bool:
-    return any(needle in text for needle in needles)
-
-
-def _context_dim(modules: Mapping[str, Mapping[str, Any]], joined: str) -> int | None:
-    """Cross-attention context width from an attn2 to_k/to_v down weight: 768 SD1, 1024 SD2, 2048 SDXL."""
-    if "attn2" not in joined:
-        return None
-    for module, parts in modules.items():
-        at = module.find("attn2")
-        if at < 0 or ("to_k" not in module[at + 5:] and "to_v" not in module[at + 5:]):
-            continue
-        down = next((parts[p] for p in _LORA_DOWN if p in parts), None) or parts.get("hada_w1_b")
-        if down is not None and len(down["shape"]) >= 2:
-            return down["shape"][1]
-    return None
-
-
-def detect_arch(metadata: Mapping[str, str], modules: Mapping[str, Mapping[str, Any]]) -> str:
-    """SD1 / SD2 / SDXL / Unknown.
-
-    A1111's rule first: `ss_base_model_version` starting with "sdxl_" -> SDXL, `ss_v2 == "True"` -> SD2
-    (also SAI `modelspec.architecture`). Then the tensors: cross-attention width (768/1024/2048), a second
-    text encoder (`lora_te2_`, `text_encoder_2.`) or kohya-SDXL LDM block names -> SDXL. Then A1111's
-    fallback: any kohya metadata -> SD1; nothing -> Unknown. Keys win over that fallback because
-    metadata such as diffusers' {"format": "pt"} says nothing about the model.
-    """
-    base = str(metadata.get("ss_base_model_version", ""))
-    if base.startswith("sdxl_"):
-        return "SDXL"
-    if str(metadata.get("ss_v2", "")) == "True" or base.startswith("sd_v2"):
-        return "SD2"
-    spec = str(metadata.get("modelspec.architecture", ""))
-    if spec.startswith("stable-diffusion-xl"):
-        return "SDXL"
-    if spec.startswith("stable-diffusion-v2"):
-        return "SD2"
-    if spec.startswith("stable-diffusion-v1"):
-        return "SD1"
-    joined = "\n" + "\n".join(modules)  # one C-speed substring search per question instead of a Python loop
-    context = _context_dim(modules, joined)
-    by_width = {768: "SD1", 1024: "SD2", 2048: "SDXL"}.get(context) if context is not None else None
-    if by_width:
-        return by_width
-    if _contains_any(joined, _TE2_STARTS):
-        return "SDXL"
-    if _contains_any(joined, _SDXL_LDM_NAMES):
-        if _contains_any(joined, _SD1_LDM_LEVEL0_ATTN_NAMES):
-            return "SD1"  # SD1 LDM names: attention at level 0, which SDXL does not have
-        return "SDXL"
-    if _contains_any(joined, _TE1_STARTS):
-        return "SDXL"
-    if base.startswith("sd_v1") or any(k.startswith("ss_") for k in metadata):
-        return "SD1"
-    if _contains_any(joined, _SD1_DIFFUSERS_NAMES):
-        return "SD1"  # diffusers UNet names / single text encoder: SD1 (or SD2, which names cannot tell)
-    return "Unknown"
 
 
 def _float_or_none(value: Any) -> float | None:

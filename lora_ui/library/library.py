@@ -25,6 +25,7 @@ import json
 import logging
 import multiprocessing
 import os
+import stat as stat_module
 import tempfile
 import threading
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lora_ui.library import sidecars
+from lora_ui.limits import MAX_PREVIEW_BYTES
 from lora_ui.library.hashes import AUTOV2_LENGTH, SHORT_HASH_LENGTH, HashError, file_hashes
 from lora_ui.library.inspect import FileSummary, decode_metadata, summarize_header, tag_frequency
 from lora_ui.lora.spec import LoraSpec
@@ -219,6 +221,20 @@ class RefreshReport:
     conflicts: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _preview_problem(path: Path) -> str | None:
+    """Why a preview image is not shown (not a regular file, too large), else None. Its pixel count is
+    checked when the card's thumbnail is made (lora_ui.files.open_image), before decoding."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return f"{path.name}: cannot be read ({exc.strerror or exc}); no preview"
+    if not stat_module.S_ISREG(info.st_mode):
+        return f"{path.name}: not a regular file; no preview"
+    if info.st_size > MAX_PREVIEW_BYTES:
+        return f"{path.name}: {info.st_size} bytes, more than {MAX_PREVIEW_BYTES}; no preview"
+    return None
 
 
 def _sig(stat: os.stat_result) -> list[int]:
@@ -634,7 +650,10 @@ class LoraLibrary:
             return value, warning
 
         preview_name = sidecars.find_preview_name(stem, names_lower)
-        if preview_name is not None:
+        preview_problem = _preview_problem(Path(folder) / preview_name) if preview_name is not None else None
+        if preview_problem is not None:
+            warnings.append(preview_problem)
+        if preview_name is not None and preview_problem is None:
             entry.preview = Path(folder) / preview_name
         else:
             cover = record.get("cover")

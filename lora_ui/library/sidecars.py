@@ -21,7 +21,8 @@ __all__ = ["PREVIEW_EXTENSIONS", "USER_META_KEYS", "SD_VERSIONS", "SidecarError"
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif")
 USER_META_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
 SD_VERSIONS = ("SD1", "SD2", "SDXL", "Unknown")
-_MAX_SIDECAR_BYTES = 16 * 1024 * 1024
+from lora_ui.files import read_capped
+from lora_ui.limits import MAX_SIDECAR_BYTES as _MAX_SIDECAR_BYTES
 
 
 class SidecarError(ValueError):
@@ -51,22 +52,18 @@ def find_description_name(stem: str, names_lower: Mapping[str, str]) -> str | No
 
 def read_text_sidecar(path: Path) -> tuple[str, str | None]:
     """(text, warning). Undecodable bytes are replaced; unreadable files give ("", warning)."""
-    try:
-        if path.stat().st_size > _MAX_SIDECAR_BYTES:
-            return "", f"{path.name}: larger than {_MAX_SIDECAR_BYTES} bytes; ignored"
-        return path.read_bytes().decode("utf-8", errors="replace").strip(), None
+    try:  # regular files only (a FIFO or /dev/zero link is refused), at most _MAX_SIDECAR_BYTES
+        return read_capped(path, _MAX_SIDECAR_BYTES, "sidecar").decode("utf-8", errors="replace").strip(), None
     except OSError as exc:
-        return "", f"{path.name}: cannot be read ({exc.strerror or exc})"
+        return "", f"{path.name}: cannot be read ({exc.strerror or exc}); ignored"
 
 
 def read_json_sidecar(path: Path) -> tuple[dict[str, Any], str | None]:
     """(object, warning). Broken JSON or a non-object gives ({}, warning naming the file)."""
-    try:
-        if path.stat().st_size > _MAX_SIDECAR_BYTES:
-            return {}, f"{path.name}: larger than {_MAX_SIDECAR_BYTES} bytes; ignored"
-        raw = path.read_bytes()
+    try:  # regular files only (a FIFO or /dev/zero link is refused), at most _MAX_SIDECAR_BYTES
+        raw = read_capped(path, _MAX_SIDECAR_BYTES, "sidecar")
     except OSError as exc:
-        return {}, f"{path.name}: cannot be read ({exc.strerror or exc})"
+        return {}, f"{path.name}: cannot be read ({exc.strerror or exc}); ignored"
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:

@@ -7,13 +7,15 @@ naming the file, the reason and the first offending keys.
 """
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from lora_ui.arch import CERTAIN, LORA_ARCH_TO_MODEL, lora_arch_from_shapes
+from lora_ui.pickles import load_pickle_weights
+from lora_ui.safetensors_header import SafetensorsHeaderError, read_header
 
 from .keymap import KeyMap, Target
 from .spec import LoraError
@@ -65,15 +67,16 @@ def _error(path: Path, reason: str, keys=None) -> LoraError:
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` dict of a safetensors header, read without touching the tensors."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return dict(header.get("__metadata__") or {})
+    """The `__metadata__` dict of a safetensors header (the app's one header reader), tensors untouched."""
+    return dict(read_header(path).metadata)
 
 
 def read_lora_file(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(state dict, metadata) of a LoRA file. Raises LoraError for missing, corrupt or refused files."""
+    """(state dict, metadata) of a LoRA file. Raises LoraError for missing, corrupt or refused files.
+
+    Safetensors: the header is read and checked first (regular file, bounded, every range inside the
+    file), so a file replaced by garbage after the library listed it is a clear error, never an
+    overflow or a huge allocation. Pickles: only with allow_pickle, and then only weights_only=True."""
     path = Path(path)
     if not path.is_file():
         raise _error(path, f"file not found ({path})")
@@ -81,10 +84,7 @@ def read_lora_file(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str,
         if not allow_pickle:
             raise _error(path, "pickle files (.pt/.ckpt) can run arbitrary code when loaded and are refused; "
                                "convert it to .safetensors or start with --allow-pickle")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file to the user
-            raise _error(path, f"corrupt or unsupported pickle file ({type(e).__name__}: {e})") from e
+        obj = load_pickle_weights(path, lambda msg: _error(path, msg.removeprefix(f"{path.name} ")))
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
@@ -94,42 +94,20 @@ def read_lora_file(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str,
     from safetensors.torch import load_file
 
     try:
-        metadata = read_safetensors_metadata(path)
+        header = read_header(path)
         tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, struct.error, UnicodeDecodeError, RuntimeError) as e:
-        raise _error(path, f"corrupt or not a safetensors file ({type(e).__name__}: {e})") from e
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    except SafetensorsHeaderError as e:
+        raise _error(path, f"corrupt or not a safetensors file ({str(e).removeprefix(str(path) + ': ')})") from None
+    except (SafetensorError, OSError, ValueError, OverflowError, MemoryError, UnicodeDecodeError, RuntimeError) as e:
+        raise _error(path, f"corrupt or not a safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+    return tensors, {str(k): str(v) for k, v in header.metadata.items()}
 
 
-def guess_file_arch(keys, metadata: dict[str, str]) -> str | None:
-    """"sd1", "sd2", "sdxl" or None (unknown), from metadata first, then structural key hints:
-    a second text encoder or several transformer layers per attention block -> SDXL; attention at
-    the first level or a fourth level -> SD1/SD2 (SDXL has neither)."""
-    arch = (metadata.get("modelspec.architecture") or "").lower()
-    base = (metadata.get("ss_base_model_version") or "").lower()
-    if "stable-diffusion-xl" in arch or base.startswith("sdxl"):
-        return "sdxl"
-    if "stable-diffusion-v2" in arch or base.startswith("sd_v2"):
-        return "sd2"
-    if "stable-diffusion-v1" in arch or base.startswith("sd_v1"):
-        return "sd1"
-    xl = sd1 = False
-    for k in keys:
-        if k.startswith(("lora_te2_", "text_encoder_2.")):
-            xl = True
-        if k.startswith(("lora_unet_", "lycoris_", "unet.")) and "transformer_blocks_1_" in k.replace(".", "_"):
-            xl = True
-        flat = k.replace(".", "_")
-        if flat.startswith(("lora_unet_", "lycoris_", "unet_")) and any(
-            s in flat for s in ("down_blocks_0_attentions", "down_blocks_3_", "up_blocks_3_", "input_blocks_1_1_",
-                                "input_blocks_10_", "input_blocks_11_", "output_blocks_9_", "output_blocks_10_",
-                                "output_blocks_11_")):
-            sd1 = True
-    if xl and not sd1:
-        return "sdxl"
-    if sd1 and not xl:
-        return "sd1"
-    return None
+def guess_file_arch(keys, metadata: dict[str, str], shapes=None) -> str | None:
+    """"sd1", "sd2", "sdxl" when the app's one detector (lora_ui.arch) is certain, else None.
+    `shapes` (key -> shape) lets it use the cross-attention width too."""
+    arch, basis = lora_arch_from_shapes(metadata, shapes if shapes is not None else {k: () for k in keys})
+    return LORA_ARCH_TO_MODEL.get(arch) if basis in CERTAIN else None
 
 
 _ARCH_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
@@ -181,7 +159,7 @@ def parse_lora(path: Path, keymap: KeyMap, *, allow_pickle: bool = False,
         raise _error(path, "the file holds no tensors")
 
 
-    file_arch = guess_file_arch(tensors.keys(), metadata)
+    file_arch = guess_file_arch(tensors.keys(), metadata, {k: tuple(t.shape) for k, t in tensors.items()})
     if file_arch is not None and file_arch != keymap.arch:
         raise _error(path, f"this LoRA is for {_ARCH_NAMES[file_arch]}, the loaded model is "
                            f"{_ARCH_NAMES[keymap.arch]}; pick a LoRA made for this model")

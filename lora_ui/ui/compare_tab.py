@@ -61,7 +61,8 @@ class CompareHandlers(WorkerHandlers):
     def _base_request(self, prompt: str, negative: str, sampler: str, schedule: str, steps: Any, cfg: Any,
                       width: Any, height: Any, seed: Any) -> Any:
         fields = request_fields(prompt, negative, sampler, schedule, steps, cfg, width, height, seed,
-                                1, 1, 1, save_images=False)
+                                1, 1, 1, save_images=False, limits=core.limits(self.ctx),
+                                default_size=core.default_size(self.ctx))
         return self.request_factory(**fields)
 
     def _run_job(self, submit: Callable[[], Any], idle_values: Callable[[str], tuple], refused: str,
@@ -87,7 +88,7 @@ class CompareHandlers(WorkerHandlers):
 
     def _grid_path(self, seed: int) -> Path:
         """A1111 keeps grids in <outputs>/txt2img-grids/<date>/; never overwrite one."""
-        folder = self.grids_dir or Path(str(core.setting(self.ctx, "outputs_dir"))) / "txt2img-grids" / date.today().isoformat()
+        folder = self.grids_dir or core.outputs_path(self.ctx) / "txt2img-grids" / date.today().isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%H%M%S")
         for n in range(1000):
@@ -215,11 +216,11 @@ def build_compare_tab(ctx: Any, handlers: CompareHandlers | None = None) -> Comp
                 sampler = gr.Dropdown(samplers, value="Euler a" if "Euler a" in samplers else samplers[0],
                                       label="Sampling method", elem_id="compare_sampler")
                 schedule = gr.Dropdown(schedules, value=schedules[0], label="Schedule type", elem_id="compare_schedule")
-            steps = gr.Slider(1, 150, value=DEFAULT_STEPS, step=1, label="Sampling steps", elem_id="compare_steps")
+            steps = gr.Slider(1, core.limits(ctx).max_steps, value=DEFAULT_STEPS, step=1, label="Sampling steps", elem_id="compare_steps")
             with gr.Row():
-                width = gr.Slider(0, 2048, value=default_size, step=8, label="Width (0 = model default)",
+                width = gr.Slider(0, core.limits(ctx).max_size, value=default_size, step=8, label="Width (0 = model default)",
                                   elem_id="compare_width")
-                height = gr.Slider(0, 2048, value=default_size, step=8, label="Height (0 = model default)",
+                height = gr.Slider(0, core.limits(ctx).max_size, value=default_size, step=8, label="Height (0 = model default)",
                                    elem_id="compare_height")
             cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG Scale", elem_id="compare_cfg_scale")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random, the same for both sides)",

@@ -163,6 +163,19 @@ def current_model(ctx: Any) -> Any | None:
     return None
 
 
+def default_size(ctx: Any) -> int | None:
+    """The loaded model's native size in px (None when no model is loaded yet)."""
+    size = getattr(current_model(ctx), "default_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+def limits(ctx: Any) -> Any:
+    """The per-request limits (lora_ui.limits) the UI applies: the same as the REST API's."""
+    from lora_ui import limits as app_limits
+
+    return app_limits.of(getattr(ctx, "settings", None))
+
+
 def current_arch(ctx: Any) -> str:
     return normalize_arch(getattr(current_model(ctx), "arch", None))
 
@@ -238,6 +251,19 @@ SETTING_FIELDS: tuple[SettingField, ...] = (
     SettingField("outputs_dir", "Save images to", "outputs"),
     SettingField("add_lora_hashes_to_infotext", "Add LoRA hashes to infotext", True),
 )
+
+
+def outputs_path(ctx: Any) -> Path:
+    """The folder every image the app writes goes under (Settings.outputs_path; the worker's as a fallback)."""
+    settings = getattr(ctx, "settings", None)
+    path = getattr(settings, "outputs_path", None)
+    if isinstance(path, Path):
+        return path
+    worker_dir = getattr(getattr(ctx, "worker", None), "outputs_dir", None)
+    if isinstance(worker_dir, Path):
+        return worker_dir
+    data_dir = getattr(settings, "data_dir", None)
+    return Path(data_dir) / "outputs" if data_dir is not None else Path("outputs").resolve()
 
 
 def setting(ctx: Any, attr: str) -> Any:

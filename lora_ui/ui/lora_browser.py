@@ -160,7 +160,7 @@ class ThumbnailCache:
             if key is not None and key in self._cache:
                 return self._cache[key]
             uri = self._encode(preview)
-        except (OSError, ValueError):  # a broken or vanished preview must not break the grid
+        except Exception:  # noqa: BLE001 - a broken, hostile or vanished preview costs only its own card
             return PLACEHOLDER_SVG
         if key is not None:
             self._cache[key] = uri
@@ -176,12 +176,12 @@ class ThumbnailCache:
         return None
 
     def _encode(self, preview: Any) -> str:
-        from PIL import Image
+        from lora_ui.files import open_image
+        from lora_ui.limits import MAX_PREVIEW_BYTES, MAX_PREVIEW_PIXELS
 
-        if isinstance(preview, (str, Path)):
-            image = Image.open(preview)
-        elif isinstance(preview, bytes):
-            image = Image.open(io.BytesIO(preview))
+        if isinstance(preview, (str, Path, bytes)):  # regular file, size and pixel count checked first
+            image = open_image(preview if isinstance(preview, bytes) else Path(preview),
+                               max_bytes=MAX_PREVIEW_BYTES, max_pixels=MAX_PREVIEW_PIXELS)
         else:
             image = preview
         image = image.convert("RGB")

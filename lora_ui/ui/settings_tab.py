@@ -1,5 +1,6 @@
 """Settings tab: the settings that matter, persisted to `config.json` through `ctx.settings`
-(default LoRA weight, card size, where to save images, whether to add LoRA hashes to infotext)."""
+(default LoRA weight, card size, whether to add LoRA hashes to infotext). Where images are saved is
+shown, not edited: server-wide paths come from the command line only."""
 from __future__ import annotations
 
 import math
@@ -13,10 +14,11 @@ from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
 
 
-def validated(default_weight: Any, card_size: Any, outputs_dir: Any, add_hashes: Any,
-              data_dir: Path | None = None) -> dict[str, Any]:
-    """Widget values -> {settings attribute: value}. A relative save folder is checked under `data_dir`
-    (where the app resolves it). Raises ValueError naming the bad field."""
+def validated(default_weight: Any, card_size: Any, add_hashes: Any) -> dict[str, Any]:
+    """Widget values -> {settings attribute: value}. Raises ValueError naming the bad field.
+
+    Where images are saved is not among them: server-wide paths are the operator's, set on the command
+    line (--data-dir, --outputs-dir); the tab only shows the folder."""
     try:
         weight = float(default_weight)
     except (TypeError, ValueError):
@@ -29,16 +31,7 @@ def validated(default_weight: Any, card_size: Any, outputs_dir: Any, add_hashes:
         raise ValueError(f"card size {card_size!r} is not a number") from None
     if not 64 <= size <= 512:
         raise ValueError(f"card size must be between 64 and 512 px, got {size}")
-    folder = str(outputs_dir or "").strip()
-    if not folder:
-        raise ValueError("the folder to save images to is empty")
-    target = Path(folder).expanduser()
-    if not target.is_absolute() and data_dir is not None:
-        target = Path(data_dir) / target
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"'{folder}' exists and is not a folder")
-    return {"default_lora_weight": weight, "card_size": size, "outputs_dir": folder,
-            "add_lora_hashes_to_infotext": bool(add_hashes)}
+    return {"default_lora_weight": weight, "card_size": size, "add_lora_hashes_to_infotext": bool(add_hashes)}
 
 
 def apply_settings(settings: Any, values: dict[str, Any]) -> None:
@@ -73,25 +66,20 @@ class SettingsHandlers:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
 
-    def apply(self, default_weight: Any, card_size: Any, outputs_dir: Any, add_hashes: Any) -> str:
+    def apply(self, default_weight: Any, card_size: Any, add_hashes: Any) -> str:
         settings = self.ctx.settings
         try:
-            values = validated(default_weight, card_size, outputs_dir, add_hashes, getattr(settings, "data_dir", None))
+            values = validated(default_weight, card_size, add_hashes)
             apply_settings(settings, values)
         except (ValueError, OSError, RuntimeError) as exc:
             notify.warn(f"Settings not saved: {exc}")
             return ""
-        # The next image goes to the new folder: the worker saves where it was told at start-up.
-        worker = getattr(self.ctx, "worker", None)
-        new_outputs = getattr(settings, "outputs_path", None)
-        if worker is not None and hasattr(worker, "outputs_dir") and isinstance(new_outputs, Path):
-            worker.outputs_dir = new_outputs
         where = getattr(self.ctx.settings, "config_path", None)
         notify.info("Settings saved" + (f" to {where}" if where else ""))
         return "Saved."
 
     def current(self) -> tuple:
-        return tuple(core.setting(self.ctx, f.attr) for f in core.SETTING_FIELDS)
+        return tuple(core.setting(self.ctx, f.attr) for f in core.SETTING_FIELDS if f.attr != "outputs_dir")
 
 
 def build_settings_tab(ctx: Any) -> SettingsTab:
@@ -101,10 +89,11 @@ def build_settings_tab(ctx: Any) -> SettingsTab:
                                elem_id="settings_default_weight")
     card_size = gr.Slider(64, 512, value=int(core.setting(ctx, size_f.attr)), step=8, label=size_f.label,
                           elem_id="settings_card_size")
-    outputs_dir = gr.Textbox(value=str(core.setting(ctx, dir_f.attr)), label=dir_f.label, elem_id="settings_outputs_dir")
+    outputs_dir = gr.Textbox(value=str(core.outputs_path(ctx)), label=dir_f.label + " (set with --outputs-dir)",
+                             elem_id="settings_outputs_dir", interactive=False)
     add_hashes = gr.Checkbox(value=bool(core.setting(ctx, hash_f.attr)), label=hash_f.label,
                              elem_id="settings_add_hashes")
     apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply")
     status = gr.Markdown(elem_id="settings_status")
-    applied = apply.click(h.apply, inputs=[default_weight, card_size, outputs_dir, add_hashes], outputs=[status])
+    applied = apply.click(h.apply, inputs=[default_weight, card_size, add_hashes], outputs=[status])
     return SettingsTab(default_weight, card_size, outputs_dir, add_hashes, apply, status, applied)

@@ -18,10 +18,11 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
+from lora_ui import limits as app_limits
+from lora_ui.limits import MAX_CFG, MAX_CLIP_SKIP, MAX_REQUEST_SEED
 from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
 
-MAX_SEED = 4294967294  # A1111 draws random seeds from [0, 2**32 - 2]
 POLL_SECONDS = 0.25
 DEFAULT_SAMPLER = "DPM++ 2M"  # A1111 1.10's UI default
 
@@ -74,30 +75,40 @@ def _float_in(value: Any, what: str, low: float, high: float) -> float:
 
 def request_fields(prompt: str, negative: str, sampler: str, schedule: str, steps: Any, cfg: Any, width: Any,
                    height: Any, seed: Any, batch_size: Any, batch_count: Any, clip_skip: Any,
-                   save_images: bool = True) -> dict[str, Any]:
+                   save_images: bool = True, limits: app_limits.Limits | None = None,
+                   default_size: int | None = None) -> dict[str, Any]:
     """Widget values -> Txt2ImgRequest fields. Width/height 0 mean "the model's default size".
-    Raises ValueError with a plain message for values the widgets should not have produced."""
-    w = _int_in(width or 0, "width", 0, 4096)
-    h = _int_in(height or 0, "height", 0, 4096)
+    Raises ValueError with a plain message for values the widgets should not have produced, or over
+    the limits (lora_ui.limits, the same the REST API applies)."""
+    limits = limits or app_limits.DEFAULT
+    w = _int_in(width or 0, "width", 0, limits.max_size)
+    h = _int_in(height or 0, "height", 0, limits.max_size)
     for what, size in (("width", w), ("height", h)):
         if size and size % 8:
             raise ValueError(f"{what} must be a multiple of 8, got {size}")
-    seed_value = _int_in(seed if seed not in (None, "") else -1, "seed", -1, MAX_SEED)
-    return dict(
+    seed_value = _int_in(seed if seed not in (None, "") else -1, "seed", -1, MAX_REQUEST_SEED)
+    fields = dict(
         prompt=prompt or "",
         negative_prompt=negative or "",
         sampler=sampler,
         scheduler=schedule or "Automatic",
-        steps=_int_in(steps, "steps", 1, 150),
-        cfg_scale=_float_in(cfg, "CFG scale", 0.0, 30.0),
+        steps=_int_in(steps, "steps", 1, limits.max_steps),
+        cfg_scale=_float_in(cfg, "CFG scale", 0.0, MAX_CFG),
         width=w or None,
         height=h or None,
         seed=seed_value,
-        batch_size=_int_in(batch_size, "batch size", 1, 8),
-        batch_count=_int_in(batch_count, "batch count", 1, 100),
-        clip_skip=_int_in(clip_skip, "clip skip", 1, 12),
+        batch_size=_int_in(batch_size, "batch size", 1, limits.max_batch_size),
+        batch_count=_int_in(batch_count, "batch count", 1, limits.max_batch_count),
+        clip_skip=_int_in(clip_skip, "clip skip", 1, MAX_CLIP_SKIP),
         save_images=bool(save_images),
     )
+    errors = limits.request_errors(prompt=fields["prompt"], negative_prompt=fields["negative_prompt"],
+                                   steps=fields["steps"], width=fields["width"], height=fields["height"],
+                                   batch_size=fields["batch_size"], batch_count=fields["batch_count"],
+                                   default_size=default_size)
+    if errors:
+        raise ValueError("; ".join(str(e) for e in errors))
+    return fields
 
 
 def progress_html(view: core.ProgressView) -> str:
@@ -170,7 +181,8 @@ class Txt2ImgHandlers(WorkerHandlers):
         keep = gr.update()
         try:
             fields = request_fields(prompt, negative, sampler, schedule, steps, cfg, width, height, seed,
-                                    batch_size, batch_count, clip_skip)
+                                    batch_size, batch_count, clip_skip, limits=app_limits.of(self.ctx.settings),
+                                    default_size=core.default_size(self.ctx))
             fields["add_lora_hashes"] = bool(getattr(self.ctx.settings, "add_lora_hashes_to_infotext", True))
             request = self.request_factory(**fields)
         except (ValueError, TypeError) as exc:
@@ -311,15 +323,15 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
                                       label="Sampling method", elem_id="txt2img_sampler")
                 schedule = gr.Dropdown(schedules, value=schedules[0], label="Schedule type",
                                        elem_id="txt2img_schedule")
-            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            steps = gr.Slider(1, core.limits(ctx).max_steps, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
             with gr.Row():
-                width = gr.Slider(0, 2048, value=default_size, step=8, label="Width (0 = model default)",
+                width = gr.Slider(0, core.limits(ctx).max_size, value=default_size, step=8, label="Width (0 = model default)",
                                   elem_id="txt2img_width")
-                height = gr.Slider(0, 2048, value=default_size, step=8, label="Height (0 = model default)",
+                height = gr.Slider(0, core.limits(ctx).max_size, value=default_size, step=8, label="Height (0 = model default)",
                                    elem_id="txt2img_height")
             with gr.Row():
-                batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+                batch_count = gr.Slider(1, core.limits(ctx).max_batch_count, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                batch_size = gr.Slider(1, core.limits(ctx).max_batch_size, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
             cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
             with gr.Row(equal_height=True):
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="txt2img_seed", scale=4)

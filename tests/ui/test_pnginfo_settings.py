@@ -75,20 +75,19 @@ def test_send_with_nothing_warns_and_changes_nothing(ctx):
 
 
 def test_settings_apply_writes_config_json(ctx, tmp_path, capsys):
-    status = st.SettingsHandlers(ctx).apply(0.6, 200, str(tmp_path / "out"), False)
+    status = st.SettingsHandlers(ctx).apply(0.6, 200, False)
     assert status == "Saved."
     assert json.loads((tmp_path / "config.json").read_text()) == {
-        "default_lora_weight": 0.6, "card_size": 200, "outputs_dir": str(tmp_path / "out"),
+        "default_lora_weight": 0.6, "card_size": 200, "outputs_dir": "outputs",
         "add_lora_hashes_to_infotext": False}
     assert "Settings saved" in capsys.readouterr().out
-    assert st.SettingsHandlers(ctx).current() == (0.6, 200, str(tmp_path / "out"), False)
+    assert st.SettingsHandlers(ctx).current() == (0.6, 200, False)
 
 
 @pytest.mark.parametrize("args, message", [
-    ((5, 160, "out", True), "default LoRA weight must be between -2 and 2"),
-    (("x", 160, "out", True), "default LoRA weight 'x' is not a number"),
-    ((1, 10, "out", True), "card size must be between 64 and 512"),
-    ((1, 160, "  ", True), "folder to save images to is empty"),
+    ((5, 160, True), "default LoRA weight must be between -2 and 2"),
+    (("x", 160, True), "default LoRA weight 'x' is not a number"),
+    ((1, 10, True), "card size must be between 64 and 512"),
 ])
 def test_bad_settings_are_refused_and_nothing_changes(ctx, tmp_path, args, message):
     with pytest.warns(UserWarning, match=message):
@@ -96,21 +95,15 @@ def test_bad_settings_are_refused_and_nothing_changes(ctx, tmp_path, args, messa
     assert not (tmp_path / "config.json").exists() and ctx.settings.default_lora_weight == 1.0
 
 
-def test_save_dir_that_is_a_file_is_refused(ctx, tmp_path):
-    (tmp_path / "afile").write_text("x")
-    with pytest.warns(UserWarning, match="exists and is not a folder"):
-        st.SettingsHandlers(ctx).apply(1, 160, str(tmp_path / "afile"), True)
-
-
 def test_failed_save_restores_the_previous_values(tmp_path):
     ctx = make_ctx(tmp_path)
     ctx.settings.fail_save = True
     with pytest.warns(UserWarning, match="permission denied"):
-        st.SettingsHandlers(ctx).apply(0.5, 300, "elsewhere", False)
+        st.SettingsHandlers(ctx).apply(0.5, 300, False)
     assert (ctx.settings.default_lora_weight, ctx.settings.card_size, ctx.settings.outputs_dir) == (1.0, 160, "outputs")
 
 
-def test_apply_with_the_real_settings_writes_config_json_and_moves_the_worker_output(tmp_path):
+def test_apply_with_the_real_settings_writes_config_json_and_never_moves_the_outputs(tmp_path):
     from types import SimpleNamespace
 
     from lora_ui.settings import Settings
@@ -118,22 +111,10 @@ def test_apply_with_the_real_settings_writes_config_json_and_moves_the_worker_ou
     settings = Settings(data_dir=tmp_path)
     worker = SimpleNamespace(outputs_dir=settings.outputs_path)
     ctx = SimpleNamespace(settings=settings, worker=worker)
-    assert st.SettingsHandlers(ctx).apply(-0.5, 96, "renders", True) == "Saved."
+    assert st.SettingsHandlers(ctx).apply(-0.5, 96, True) == "Saved."
     written = json.loads((tmp_path / "config.json").read_text())
-    assert (written["default_lora_weight"], written["card_size"], written["outputs_dir"]) == (-0.5, 96, "renders")
-    assert worker.outputs_dir == tmp_path / "renders"
+    assert (written["default_lora_weight"], written["card_size"], written["outputs_dir"]) == (-0.5, 96, "outputs")
+    assert worker.outputs_dir == tmp_path / "outputs"
     reloaded = Settings(data_dir=tmp_path)
     reloaded.load()
-    assert (reloaded.default_lora_weight, reloaded.card_size, reloaded.outputs_dir) == (-0.5, 96, "renders")
-
-
-def test_relative_save_folder_is_checked_under_the_data_dir(tmp_path):
-    from types import SimpleNamespace
-
-    from lora_ui.settings import Settings
-
-    (tmp_path / "taken").write_text("a file")
-    ctx = SimpleNamespace(settings=Settings(data_dir=tmp_path), worker=None)
-    with pytest.warns(UserWarning, match="'taken' exists and is not a folder"):
-        assert st.SettingsHandlers(ctx).apply(1, 160, "taken", True) == ""
-    assert not (tmp_path / "config.json").exists()
+    assert (reloaded.default_lora_weight, reloaded.card_size, reloaded.outputs_path) == (-0.5, 96, tmp_path / "outputs")
