@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # body limit, JSON depth and auth on /openapi.json, /docs for the whole app (also without --api)
     guard.install(app, max_body_bytes=settings.limits.max_body_bytes, auth=api_credentials(settings))
+    api = None
     if settings.api:
         from lora_ui.api import create_api
 
-        create_api(app, ctx, api_credentials(settings) or None)
+        api = create_api(app, ctx, api_credentials(settings) or None)
         log.info("REST API on %ssdapi/v1 (docs: %ssdapi/v1/docs)", local_url, local_url)
     log.info("LoRA UI running on %s", local_url)
     _stop_on_sigterm()
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         blocks.close()         # no new requests first, then the worker and background threads
         clean = ctx.close()
+        if api is not None:
+            api.close()
     log.info("LoRA UI stopped%s", "" if clean else " (some background work did not finish in time)")
     return 0
 

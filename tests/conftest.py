@@ -31,37 +31,41 @@ _hypothesis_settings.register_profile("explore", max_examples=500, deadline=None
 _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-# ---- Threads and processes: whatever a test module starts, it stops ------------------------------------
+# ---- Threads and processes: whatever the tests start, they stop -----------------------------------------
 import threading  # noqa: E402
 
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-# Our own long-lived threads are named; a daemon one left running can be inside torch at interpreter exit.
+# Our own threads are named "lora-..." / "lora-ui-..."; a daemon one still inside torch at interpreter exit
+# can abort the process (status 134) after every test passed.
 OWNED_THREAD_PREFIXES = ("lora-", "lora-ui-")
 JOIN_GRACE_S = 15.0  # background releases of W-sized buffers finish in well under a second
 
 
-def _leaked_threads(before: set[threading.Thread]) -> list[threading.Thread]:
-    return [t for t in threading.enumerate()
-            if t not in before and t.is_alive() and t is not threading.current_thread()
-            and (not t.daemon or t.name.startswith(OWNED_THREAD_PREFIXES))
-            and not t.name.startswith("lora-shadow-expiry")]
+def _alive_after_grace(threads: list[threading.Thread]) -> list[threading.Thread]:
+    for thread in threads:
+        if not thread.name.startswith("lora-ui-worker"):
+            thread.join(JOIN_GRACE_S)  # background work may still be finishing: give it time, then judge
+    return [t for t in threads if t.is_alive()]
+
+
+def _describe(threads: list[threading.Thread]) -> str:
+    return ", ".join(f"{t.name} (daemon={t.daemon})" for t in threads)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _module_joins_its_threads():
-    """Fail the module whose tests leave a non-daemon thread or one of our worker threads running."""
+def _module_joins_its_non_daemon_threads():
+    """A non-daemon thread a module leaves running would hold up the interpreter's exit: the module fails.
+    (Threads of session-scoped fixtures may start lazily inside a module; the session check judges those.)"""
     before = set(threading.enumerate())
     yield
-    leaked = _leaked_threads(before)
-    for thread in leaked:
-        if not thread.name.startswith("lora-ui-worker"):
-            thread.join(JOIN_GRACE_S)  # background work may still be finishing: give it time, then judge
-    leaked = [t for t in _leaked_threads(before)]
+    new = [t for t in threading.enumerate() if t not in before and not t.daemon and t.is_alive()
+           and t is not threading.current_thread()]
+    leaked = _alive_after_grace(new)
     if leaked:
-        pytest.fail("threads left running by this module (close what you open): "
-                    + ", ".join(f"{t.name} (daemon={t.daemon})" for t in leaked), pytrace=False)
+        pytest.fail(f"non-daemon threads left running by this module (close what you open): {_describe(leaked)}",
+                    pytrace=False)
 
 
 def _is_resource_tracker(process: psutil.Process) -> bool:
@@ -74,16 +78,24 @@ def _is_resource_tracker(process: psutil.Process) -> bool:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _session_leaves_no_child_process():
-    """At the end of the run no child process of pytest may still be running (servers, pools, browsers)."""
+def _session_joins_everything():
+    """Torn down last (set up first): after every fixture closed what it opened, none of our threads and
+    no child process of pytest may still be running."""
     yield
-    me = psutil.Process()
-    children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
-                and not _is_resource_tracker(c)]
+    ours = [t for t in threading.enumerate() if t.name.startswith(OWNED_THREAD_PREFIXES) and t.is_alive()
+            and not t.name.startswith("lora-shadow-expiry")]
+    leaked = _alive_after_grace(ours)
+    children = [c for c in psutil.Process().children(recursive=True)
+                if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)]
     _, alive = psutil.wait_procs(children, timeout=10)
+    problems = []
+    if leaked:
+        problems.append(f"threads still running at the end of the session: {_describe(leaked)}")
     if alive:
-        pytest.fail("child processes left running at the end of the test session: "
-                    + ", ".join(f"{p.pid} {' '.join(p.cmdline()[:3])}" for p in alive), pytrace=False)
+        problems.append("child processes left running: "
+                        + ", ".join(f"{p.pid} {' '.join(p.cmdline()[:3])}" for p in alive))
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -52,6 +52,13 @@ class SdApi:
     def __init__(self, ctx: Any, limits: Limits) -> None:
         self.ctx = ctx
         self.limits = limits
+        # Threads that wait for renders (and model switches). Not the event loop's thread pool: a queue
+        # of waiting renders never delays a listing (loras, sd-models, progress, png-info), which runs there.
+        self.render_waiters = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lora-ui-api-render")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel waits not started and join the waiting threads (their renders end with the worker)."""
+        self.render_waiters.shutdown(wait=True, cancel_futures=True)
 
     @property
     def clip_skip(self) -> int:
@@ -618,17 +625,12 @@ def _stop_job(future: Any, worker: Any) -> None:
         worker.interrupt(getattr(future, "job_id", None))
 
 
-# Threads that wait for renders (and model switches). Not the event loop's thread pool: a queue of
-# waiting renders never delays a listing (loras, sd-models, progress, png-info), which runs there.
-_RENDER_WAITERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lora-ui-api-render")
-
-
-async def run_render(request: Any, call: Callable[["JobWatch"], Any]) -> Any:
+async def run_render(request: Any, waiters: ThreadPoolExecutor, call: Callable[["JobWatch"], Any]) -> Any:
     """Run `call(watch)` (which submits to the worker and waits) on a render-waiting thread; when the
     HTTP client disconnects first, the job is cancelled/interrupted and nothing is answered."""
     loop = asyncio.get_running_loop()
     watch = JobWatch()
-    task = asyncio.ensure_future(loop.run_in_executor(_RENDER_WAITERS, call, watch))
+    task = asyncio.ensure_future(loop.run_in_executor(waiters, call, watch))
 
     async def client_gone() -> None:
         while True:
@@ -671,8 +673,10 @@ def _auth_dependency(auth: list[tuple[str, str]] | None):
     return check
 
 
-def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | None = None) -> APIRouter:
-    api = SdApi(ctx, limits or app_limits.of(getattr(ctx, "settings", None)))
+def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | None = None,
+                 api: SdApi | None = None) -> APIRouter:
+    """The /sdapi/v1 routes over `api` (a new SdApi over ctx if None; its owner closes it)."""
+    api = api or SdApi(ctx, limits or app_limits.of(getattr(ctx, "settings", None)))
     router = APIRouter(prefix=PREFIX, route_class=ApiRoute, dependencies=[Depends(_auth_dependency(auth))])
     a1111 = ["A1111-compatible"]
     own = ["LoRA UI"]
@@ -681,7 +685,7 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
     async def txt2img(body: m.Txt2ImgBody, request: Request):
         """Render; `<lora:name:weight>` tags in the prompt apply LoRAs for this request only. A client
         that disconnects cancels its job."""
-        return await run_render(request, lambda watch: api.txt2img(body, watch))
+        return await run_render(request, api.render_waiters, lambda watch: api.txt2img(body, watch))
 
     @router.get("/loras", response_model=list[m.LoraItem], tags=a1111)
     def loras():
@@ -708,7 +712,7 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
         """`sd_model_checkpoint` switches the model (through the worker, between renders);
         `CLIP_stop_at_last_layers` sets the default clip skip. Paths are refused (command line only);
         other keys are ignored and listed as such."""
-        return await run_render(request, lambda watch: api.set_options(body))
+        return await run_render(request, api.render_waiters, lambda watch: api.set_options(body))
 
     @router.get("/samplers", response_model=list[m.SamplerItem], tags=a1111)
     def samplers():
@@ -768,14 +772,14 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
     async def compare(body: m.CompareBody, request: Request):
         """The same request twice at one fixed seed: once with every LoRA tag removed, once with the
         prompt's tags plus `loras`. Returns both images, a heatmap of |with - without| and its numbers."""
-        return await run_render(request, lambda watch: api.compare(body))
+        return await run_render(request, api.render_waiters, lambda watch: api.compare(body))
 
     @router.post("/lora-ui/sweep", response_model=m.SweepResponse, tags=own,
                  summary="Weight sweep: a labelled grid of LoRA (rows) x weight (columns)")
     async def sweep(body: m.SweepBody, request: Request):
         """Renders each LoRA at each weight at one seed (weight 0 = the shared baseline, rendered once)
         and returns the labelled grid PNG (infotext embedded)."""
-        return await run_render(request, lambda watch: api.sweep(body))
+        return await run_render(request, api.render_waiters, lambda watch: api.sweep(body))
 
     @router.get("/openapi.json", include_in_schema=False)
     def openapi_json():
@@ -790,21 +794,24 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
 
 
 def create_api(app: FastAPI, ctx: Any, auth: list[tuple[str, str]] | None = None,
-               limits: Limits | None = None) -> None:
+               limits: Limits | None = None) -> SdApi:
     """Add the `/sdapi/v1/*` routes to `app` (the FastAPI app gradio serves, or any FastAPI app).
 
     auth: HTTP Basic (user, password) pairs (`--api-auth`, else `--gradio-auth`: webui.py passes the UI's
     credentials when the API has none); None or empty -> no authentication. A RequestGuard (body size,
     JSON depth, auth on /openapi.json and /docs) is put in front of the whole app.
     Our routes are moved to the front of the app's route list, so a catch-all route the app may
-    already have (gradio's) cannot shadow them."""
+    already have (gradio's) cannot shadow them. Returns the SdApi: the caller closes it (`api.close()`)
+    after the server stopped."""
     from lora_ui.api import guard
 
     limits = limits or app_limits.of(getattr(ctx, "settings", None))
-    router = build_router(ctx, auth, limits)
+    api = SdApi(ctx, limits)
+    router = build_router(ctx, auth, limits, api)
     guard.install(app, max_body_bytes=limits.max_body_bytes, api_prefix=PREFIX, auth=auth)
     before = list(app.router.routes)
     app.include_router(router)
     added = [r for r in app.router.routes if r not in before]
     app.router.routes[:] = added + before
     app.openapi_schema = None  # regenerate the app's own schema (if it has one) with our routes
+    return api

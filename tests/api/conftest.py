@@ -133,14 +133,15 @@ def api_env(tmp_path_factory):
     worker = Worker.for_model_manager(models, library=library, outputs_dir=root / "outputs", generate=generate)
     ctx = SimpleNamespace(settings=settings, models=models, library=library, worker=worker)
     open_app, auth_app = FastAPI(), FastAPI()
-    create_api(open_app, ctx, None)
-    create_api(auth_app, ctx, [AUTH, ("other", "pw2")])
+    apis = [create_api(open_app, ctx, None), create_api(auth_app, ctx, [AUTH, ("other", "pw2")])]
     servers = [ServerThread(open_app), ServerThread(auth_app)]
     yield ApiEnv(root=root, ctx=ctx, url=servers[0].url, auth_url=servers[1].url, lora_dir=lora_dir,
                  render_calls=render_calls)
     for server in servers:
         server.stop()
     worker.shutdown()
+    for api in apis:
+        api.close()
 
 
 @pytest.fixture

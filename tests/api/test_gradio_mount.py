@@ -20,9 +20,10 @@ def gradio_app_with_api(api_env):
         gr.Textbox(label="page", elem_id="page_box")
     app, local_url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                                     quiet=True, share=False, ssr_mode=False)
-    create_api(app, api_env.ctx, [AUTH])
+    api = create_api(app, api_env.ctx, [AUTH])
     yield local_url.rstrip("/")
     demo.close()
+    api.close()
 
 
 def test_api_routes_answer_on_the_gradio_app(gradio_app_with_api):

@@ -20,11 +20,12 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture
 def small_limits_server(api_env):
     app = FastAPI()
-    create_api(app, api_env.ctx, None, limits=Limits(max_body_bytes=64 * 1024, max_prompt_chars=500,
-                                                     max_cost=3 * 1 * 32 * 32))
+    api = create_api(app, api_env.ctx, None, limits=Limits(max_body_bytes=64 * 1024, max_prompt_chars=500,
+                                                           max_cost=3 * 1 * 32 * 32))
     server = ServerThread(app)
     yield server.url
     server.stop()
+    api.close()
 
 
 def test_body_over_the_limit_is_413_declared_or_streamed(small_limits_server):

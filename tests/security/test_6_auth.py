@@ -20,10 +20,11 @@ def protected(api_env):
 
     settings = SimpleNamespace(api_auth=[], gradio_auth=[CREDS])
     app = FastAPI()  # FastAPI's own /openapi.json and /docs are on, as on gradio's app
-    create_api(app, api_env.ctx, api_credentials(settings))
+    api = create_api(app, api_env.ctx, api_credentials(settings))
     server = ServerThread(app)
     yield server.url
     server.stop()
+    api.close()
 
 
 @pytest.mark.parametrize("path", ["/sdapi/v1/loras", "/sdapi/v1/options", "/openapi.json", "/docs",
