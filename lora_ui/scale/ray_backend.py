@@ -304,3 +304,56 @@ def _is_replica_failure(exc: BaseException) -> bool:
     except ImportError:
         pass
     return isinstance(getattr(exc, "cause", None), kinds)
+
+
+# ---- the app's wiring (webui.py --ray) -------------------------------------------------------------
+
+class HybridWorker:
+    """What AppContext holds with --ray: `txt2img` (UI, REST API, sweeps via `sweep`) renders on the Ray
+    deployment; every other job (compare, switch_model, progress...) stays on the local Worker."""
+
+    def __init__(self, local, remote: RayWorker):
+        self.local, self.remote = local, remote
+
+    def txt2img(self, req):
+        return self.remote.txt2img(req)
+
+    def sweep(self, cells):
+        return self.remote.sweep(cells)
+
+    def __getattr__(self, name):
+        return getattr(self.local, name)
+
+    def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> bool:
+        done = self.local.shutdown(wait=wait, timeout=timeout)
+        return self.remote.shutdown(wait=wait, timeout=timeout) and done
+
+
+def replica_argv(settings) -> list[str]:
+    """The flags a replica builds its model and library from (the app's own, minus the UI's)."""
+    argv = ["--data-dir", str(settings.data_dir), "--device", settings.device, "--precision", settings.precision]
+    if settings.ckpt:
+        argv += ["--ckpt", settings.ckpt]
+    for d in settings.ckpt_dirs[:1]:
+        argv += ["--ckpt-dir", str(d)]
+    for d in settings.lora_dirs:
+        argv += ["--lora-dir", str(d)]
+    if settings.allow_pickle:
+        argv.append("--allow-pickle")
+    return argv
+
+
+def ray_worker_for_settings(settings, local) -> HybridWorker:
+    gpus = 0.0
+    try:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() and settings.device in ("auto", "cuda") else 0.0
+    except ImportError:
+        pass
+    replicas = settings.ray_replicas or 1
+    if settings.ray_replicas is None and gpus:
+        replicas = max(1, torch.cuda.device_count())
+    config = RayConfig(address=settings.ray_address, replicas=replicas, max_replicas=settings.ray_max_replicas,
+                       gpus_per_replica=gpus, factory_kwargs={"argv": replica_argv(settings)})
+    return HybridWorker(local, RayWorker(config))
