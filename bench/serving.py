@@ -1,7 +1,7 @@
 """Serving benchmark: `python -m bench.serving [--quick] [--no-ray] [--requests N] [--steps S]`.
 
 Model: the tiny SD1 pipeline (lora_ui/testing/tiny_models.py; real block layout, tiny widths) at
-64x64 (32x32 latents), 1 torch thread; four LoRAs of ranks 2/4/8/3 (plain, LoCon with 3x3 downs on
+--size (default 32: 16x16 latents), 1 torch thread; four LoRAs of ranks 2/4/8/3 (plain, LoCon with 3x3 downs on
 every layer, PEFT, Tucker) written by tests/scale/mixed_fixtures.py; N requests, each with its own LoRA
 set and weights, Euler a, CFG 5.
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", type=int, default=32, help="image side (the tiny model's native 32 by default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
