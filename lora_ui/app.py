@@ -72,5 +72,14 @@ def build_worker(settings: Settings, models: ModelManager, library):
 
         return LoraManager(pipe, allow_pickle=settings.allow_pickle)
 
-    return Worker.for_model_manager(models, library=library, outputs_dir=settings.outputs_path,
-                                    lora_manager_factory=lora_manager_factory)
+    worker = Worker.for_model_manager(models, library=library, outputs_dir=settings.outputs_path,
+                                      lora_manager_factory=lora_manager_factory)
+    if getattr(settings, "ray", False):  # --ray: txt2img goes to Ray Serve, compound jobs stay here
+        from lora_ui.scale.ray_backend import ray_worker_for_settings
+
+        try:
+            return ray_worker_for_settings(settings, worker)
+        except BaseException:
+            worker.shutdown()
+            raise
+    return worker

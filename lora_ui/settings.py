@@ -127,6 +127,11 @@ class Settings:
     precision: str = "auto"
     no_half: bool = False
     allow_pickle: bool = False
+    # Ray backend (off by default; docs/scale-out.md)
+    ray: bool = False
+    ray_address: str | None = None   # None + ray: a local Ray; "auto" / "ray://head:10001": join a cluster
+    ray_replicas: int | None = None  # None: one per GPU of the cluster (1 without GPUs)
+    ray_max_replicas: int | None = None  # > ray_replicas: Serve autoscaling between the two
     demo_model_dir: Path = DEMO_MODEL_DIR
     outputs_dir_cli: Path | None = None     # --outputs-dir: the operator's choice, anywhere on disk
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
@@ -210,7 +215,15 @@ class Settings:
             allow_pickle=args.allow_pickle,
             outputs_dir_cli=Path(args.outputs_dir).expanduser() if getattr(args, "outputs_dir", None) else None,
             limits=_limits_from_args(args),
+            ray=bool(args.ray or args.ray_address),
+            ray_address=args.ray_address,
+            ray_replicas=args.ray_replicas,
+            ray_max_replicas=args.ray_max_replicas,
         )
+        if args.ray_replicas is not None and args.ray_replicas < 1:
+            raise SettingsError(f"--ray-replicas must be at least 1, got {args.ray_replicas}")
+        if args.ray_max_replicas is not None and args.ray_max_replicas < (args.ray_replicas or 1):
+            raise SettingsError("--ray-max-replicas must be at least --ray-replicas")
         if load_config:
             settings.load()
         return settings
@@ -317,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="weights' precision: auto (the default) is fp16 on cuda/mps and fp32 on cpu (fp16 on cpu is refused)")
     p.add_argument("--no-half", action="store_true", help="A1111's name for --precision fp32")
+    p.add_argument("--ray", action="store_true",
+                   help="render txt2img on a local Ray Serve deployment (pip install -r requirements-ray.txt; "
+                        "see docs/scale-out.md); off by default")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster instead (\"auto\" or ray://head:10001); implies --ray")
+    p.add_argument("--ray-replicas", type=int, default=None, metavar="N",
+                   help="render replicas (default: one per GPU of the cluster, 1 without GPUs)")
+    p.add_argument("--ray-max-replicas", type=int, default=None, metavar="N",
+                   help="autoscale the replicas between --ray-replicas and N")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow loading .ckpt/.pt pickle files (checkpoints and LoRAs); they are read with "
                         "torch's weights-only loader, and a file that needs more (code, classes) is refused")

@@ -101,9 +101,28 @@ def _session_joins_everything():
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: without it they are deselected (shown as "deselected" in the
     summary, never as passed or skipped-green)."""
+    _deselect_ray_without_ray(config, items)
     if torch.cuda.is_available():
         return
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:
         config.hook.pytest_deselected(items=gpu)
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
+def _ray_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def _deselect_ray_without_ray(config, items) -> None:
+    """Tests marked `ray` run whenever Ray is installed (bounded: one local Ray, 2 CPU replicas). Without
+    Ray they are deselected from a plain run (the suite needs no Ray), but a run that asks for them
+    (`-m ray`) keeps them, and they fail on the missing import: never a green skip."""
+    if _ray_installed() or "ray" in (config.getoption("markexpr", "") or ""):
+        return
+    ray_items = [item for item in items if item.get_closest_marker("ray")]
+    if ray_items:
+        config.hook.pytest_deselected(items=ray_items)
+        items[:] = [item for item in items if not item.get_closest_marker("ray")]

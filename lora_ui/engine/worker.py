@@ -22,6 +22,7 @@ import logging
 import queue
 import random
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -67,6 +68,28 @@ class _QueuedJob:
     job: Callable[["WorkerSession"], Any]
     future: JobFuture
     job_count: int
+    request: Any = None          # a Txt2ImgRequest that may share a mixed batch (batching on)
+    batch_plan: Any = None       # (key, specs, warnings) once looked at; False: renders alone
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Opt-in request batching (`Worker(..., batching=BatchingConfig())`).
+
+    window_s: after taking a batchable txt2img request, how long to wait for partners (seconds).
+    max_images: images per batch (a request counts its batch_size); bound it by memory.
+    Requests share a batch when they share checkpoint, size, sampler, schedule, steps and CFG
+    (`engine.batching.batch_key`) and every LoRA of theirs has a low-rank form (`lora.mixed`);
+    others render alone through today's path. The oldest queued job always runs next (FIFO: a
+    batch only takes partners from behind it), so nothing is starved.
+    """
+
+    window_s: float = 0.005
+    max_images: int = 4
+
+    def __post_init__(self) -> None:
+        if self.window_s < 0 or self.max_images < 1:
+            raise ValueError(f"BatchingConfig: window_s >= 0 and max_images >= 1, got {self}")
 
 
 def _default_lora_manager(pipe: Any) -> "LoraManager":
@@ -110,16 +133,7 @@ class WorkerSession:
 
         Returns (applied LoraSpecs, warnings for unknown names / malformed tags). No tags -> cleared.
         """
-        from lora_ui.prompt import extract_lora_tags
-
-        _, tags, warnings = extract_lora_tags(prompt)
-        specs: list = []
-        if tags:
-            if self.library is None:
-                warnings = [*warnings, "no LoRA library is configured; <lora:...> tags were ignored"]
-            else:
-                specs, spec_warnings = self.library.specs_for(tags)
-                warnings = [*warnings, *spec_warnings]
+        specs, warnings = specs_for_prompt(self.library, prompt)
         if specs:
             self.loras.set_loras(specs)
         else:
@@ -184,6 +198,21 @@ class WorkerSession:
             raise GenerationInterrupted("skipped")
 
 
+def specs_for_prompt(library: "LoraLibrary | None", prompt: str) -> tuple[list, list[str]]:
+    """(LoraSpecs, warnings) of the prompt's `<lora:...>` tags, resolved by the library; nothing applied."""
+    from lora_ui.prompt import extract_lora_tags
+
+    _, tags, warnings = extract_lora_tags(prompt)
+    specs: list = []
+    if tags:
+        if library is None:
+            warnings = [*warnings, "no LoRA library is configured; <lora:...> tags were ignored"]
+        else:
+            specs, spec_warnings = library.specs_for(tags)
+            warnings = [*warnings, *spec_warnings]
+    return list(specs), list(warnings)
+
+
 def _merge_results(results: list, warnings: list[str]) -> "Txt2ImgResult":
     """Concatenate per-iteration results into one (images, infotexts, seeds, saved paths in order)."""
     first = results[0]
@@ -223,6 +252,7 @@ class Worker:
         lora_manager_factory: "Callable[[Any], LoraManager] | None" = None,
         generate: "Callable[..., Txt2ImgResult] | None" = None,
         name: str = "lora-ui-worker",
+        batching: BatchingConfig | None = None,
     ) -> None:
         self._model_provider = model if callable(model) else None
         self._model: LoadedModel | None = None if callable(model) else model
@@ -232,6 +262,12 @@ class Worker:
         self._make_lora_manager = lora_manager_factory or _default_lora_manager
         self._generate = generate or _default_generate
         self._loras: LoraManager | None = None
+        self.batching = batching
+        self._batch_job_ids: frozenset[str] = frozenset()   # the requests of the running mixed batch
+        self._batch_interrupted: set[str] = set()
+        self._batch_skipped = False
+        self._request_progress: dict[str, tuple[int, int]] = {}
+        self.batches_run: list[int] = []                    # requests per mixed batch, in order (stats)
 
         self._queue: queue.Queue[_QueuedJob | None] = queue.Queue()
         self._progress = ProgressTracker()
@@ -251,7 +287,7 @@ class Worker:
 
     # ---------------------------------------------------------------- public API (any thread)
     def submit(self, job: "Callable[[WorkerSession], T] | Txt2ImgRequest", *, kind: str = "job",
-               job_count: int = 1) -> JobFuture[T]:
+               job_count: int = 1, _request: Any = None) -> JobFuture[T]:
         """Queue `job(session)`; returns its future. `job_count` announces how many renders it does.
 
         A Txt2ImgRequest instead of a callable is queued as `txt2img(request)` (the older contract)."""
@@ -265,13 +301,14 @@ class Worker:
         with self._lock:
             if self._stopped:
                 raise WorkerStopped("the worker is shut down; no new jobs are accepted")
-            self._queue.put(_QueuedJob(job, future, max(1, job_count)))
+            self._queue.put(_QueuedJob(job, future, max(1, job_count), request=_request))
         self._progress.set_queue_size(self._queue.qsize())
         return future
 
     def txt2img(self, req: "Txt2ImgRequest") -> JobFuture["Txt2ImgResult"]:
         """Queue one txt2img request (its prompt carries its full LoRA set)."""
-        return self.submit(lambda session: session.txt2img(req), kind="txt2img", job_count=max(1, req.batch_count))
+        return self.submit(lambda session: session.txt2img(req), kind="txt2img", job_count=max(1, req.batch_count),
+                           _request=req if self.batching is not None else None)
 
     def switch_model(self, ref: str) -> JobFuture["LoadedModel"]:
         """Queue a checkpoint switch, run between renders; on failure the old model stays loaded."""
@@ -287,6 +324,14 @@ class Worker:
 
         With `job_id`, only that job is interrupted (and only if it is the one running)."""
         with self._lock:
+            if self._batch_job_ids:  # a mixed batch: stop one request of it, or all of them
+                hit = self._batch_job_ids if job_id is None else self._batch_job_ids & {job_id}
+                if not hit:
+                    return False
+                self._batch_interrupted |= set(hit)
+                if self._batch_interrupted >= self._batch_job_ids:
+                    self._progress.mark_interrupted()
+                return True
             current = self._current_job_id
             if current is None or (job_id is not None and job_id != current):
                 return False
@@ -294,12 +339,18 @@ class Worker:
             self._progress.mark_interrupted()  # under the lock: the job cannot end in between
         return True
 
+    def request_progress(self, job_id: str) -> tuple[int, int] | None:
+        """(steps done, total) of a request rendering in a mixed batch; None when it is not in one."""
+        with self._lock:
+            return self._request_progress.get(job_id)
+
     def skip(self) -> bool:
         """End the current image/iteration of a batch-count loop early and go on with the next one."""
         with self._lock:
             if self._current_job_id is None:
                 return False
             self._skip_job_id = self._current_job_id
+            self._batch_skipped = bool(self._batch_job_ids)
         self._progress.mark_skipped()
         return True
 
@@ -345,6 +396,9 @@ class Worker:
             item = self._queue.get()
             if item is None:
                 return
+            if self.batching is not None and item.request is not None:
+                self._run_batchable(item)
+                continue
             if not item.future.set_running_or_notify_cancel():
                 continue
             self._run_one(item)
@@ -374,6 +428,130 @@ class Worker:
             item.future.set_exception(error)
         else:
             item.future.set_result(result)
+
+    # ---------------------------------------------------------------- mixed batches (worker thread)
+    def _batch_plan(self, item: _QueuedJob, model: "LoadedModel"):
+        """(key, specs, warnings) when the request can share a mixed batch, else False (cached)."""
+        if item.batch_plan is None:
+            from lora_ui.engine.batching import batch_key
+            from lora_ui.lora.mixed import mix_blocker
+
+            item.batch_plan = False
+            key = batch_key(model, item.request)
+            if key is not None:
+                try:
+                    specs, warnings = specs_for_prompt(self.library, item.request.prompt)
+                    if mix_blocker(self._current_loras().resolve(specs)) is None:
+                        item.batch_plan = (key, specs, warnings)
+                except Exception as exc:  # noqa: BLE001 - a bad LoRA fails this request on its own path
+                    log.info("request %s renders alone: %s", item.future.job_id, exc)
+        return item.batch_plan
+
+    def _run_batchable(self, head: _QueuedJob) -> None:
+        """The head of the queue is a txt2img request: gather partners for a batching window (from
+        behind it only, FIFO), render them in one mixed batch, or alone on today's path."""
+        try:
+            model = self._ensure_model()
+            plan = self._batch_plan(head, model)
+        except Exception:  # noqa: BLE001 - the ordinary path reports the failure on the future
+            plan = False
+        if not plan:
+            if head.future.set_running_or_notify_cancel():
+                self._run_one(head)
+            return
+        assert self.batching is not None
+        batch = [head]
+        images = int(head.request.batch_size)
+        deadline = time.monotonic() + self.batching.window_s
+        while images < self.batching.max_images:
+            with self._queue.mutex:
+                waiting = [q for q in self._queue.queue if q is not None and q.request is not None]
+            for candidate in waiting:
+                if candidate.future.cancelled():
+                    continue
+                other = self._batch_plan(candidate, model)
+                n = int(candidate.request.batch_size)
+                if other and other[0] == plan[0] and images + n <= self.batching.max_images:
+                    with self._queue.mutex:
+                        try:
+                            self._queue.queue.remove(candidate)
+                        except ValueError:
+                            continue
+                    batch.append(candidate)
+                    images += n
+                    if images >= self.batching.max_images:
+                        break
+            remaining = deadline - time.monotonic()
+            if images >= self.batching.max_images or remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.001))
+        batch = [q for q in batch if q.future.set_running_or_notify_cancel()]
+        if batch:
+            self._run_mixed(batch)
+
+    def _run_mixed(self, batch: list[_QueuedJob]) -> None:
+        from lora_ui.engine.batching import BatchItem, render_batch
+        from lora_ui.engine.txt2img import GenerationInterrupted
+
+        ids = [q.future.job_id for q in batch]
+        with self._lock:
+            self._current_job_id = ids[0]
+            self._batch_job_ids = frozenset(ids)
+            self._batch_interrupted = set()
+            self._batch_skipped = False
+            self._interrupt_job_id = self._skip_job_id = None
+            self._request_progress = {}
+            self._progress.begin_job(ids[0], "txt2img", 1, queue_size=self._queue.qsize())
+        self._progress.begin_iteration(0, int(batch[0].request.steps),
+                                       textinfo=f"txt2img: mixed batch of {len(batch)} requests")
+        self.batches_run.append(len(batch))
+        model = self._ensure_model()
+
+        def on_step_for(job_id: str, first: bool):
+            def on_step(done: int, total: int, latents: Any = None) -> None:
+                with self._lock:
+                    self._request_progress[job_id] = (done, total)
+                    stop = job_id in self._batch_interrupted or self._batch_skipped
+                if first:
+                    self._progress.step(done, total, latents, model.arch)
+                if stop:
+                    raise GenerationInterrupted("interrupted")
+            return on_step
+
+        items = [BatchItem(q.request, list(q.batch_plan[1]), list(q.batch_plan[2]), on_step_for(q.future.job_id, i == 0))
+                 for i, q in enumerate(batch)]
+        outcomes: list = []
+        try:
+            outcomes = render_batch(model, items, manager=self._current_loras(), mixed=True, library=self.library,
+                                    outputs_dir=self.outputs_dir)
+        except Exception as exc:  # noqa: BLE001 - then each request alone, so a failure is its own
+            log.warning("mixed batch of %d failed (%s); rendering its requests one by one", len(batch), exc)
+            self._reset_loras_after_failure()
+            outcomes = []
+            for item in items:
+                try:
+                    outcomes.append(render_batch(model, [item], manager=self._current_loras(), mixed=True,
+                                                 library=self.library, outputs_dir=self.outputs_dir)[0])
+                except Exception as one:  # noqa: BLE001
+                    self._reset_loras_after_failure()
+                    outcomes.append(one)
+        with self._lock:
+            skipped = self._batch_skipped
+            interrupted = set(self._batch_interrupted)
+            self._current_job_id = None
+            self._batch_job_ids = frozenset()
+            self._batch_interrupted = set()
+            self._batch_skipped = False
+            self._skip_job_id = self._interrupt_job_id = None
+            self._request_progress = {}
+        self._progress.end_job(queue_size=self._queue.qsize())
+        for q, outcome in zip(batch, outcomes):
+            if isinstance(outcome, BaseException):
+                q.future.set_exception(outcome)
+                continue
+            if skipped and q.future.job_id not in interrupted and getattr(outcome, "interrupted", False):
+                outcome = replace(outcome, interrupted=False)
+            q.future.set_result(outcome)
 
     def _session(self, job_id: str) -> WorkerSession:
         model = self._ensure_model()

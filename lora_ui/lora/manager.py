@@ -144,22 +144,7 @@ class LoraManager:
         """Bring the pipeline to exactly `specs` (in order). Atomic: LoraError leaves it unchanged."""
         started = time.perf_counter()
         report = ApplyReport()
-        specs = list(specs)
-        for spec in specs:
-            self._check_spec(spec)
-        seen: set[Path] = set()
-        for spec in specs:
-            key = Path(spec.path)
-            if key in seen:
-                raise LoraError(f"LoRA '{key.name}': listed twice in one request; give it once with one weight")
-            seen.add(key)
-
-        active: list[_Active] = []
-        for spec in specs:
-            network, from_cache, read = self._network_for(spec)
-            report.files_read += read
-            ratios = parse_block_weights(spec.lbw) if spec.lbw else None
-            active.append(_Active(spec, network, ratios, from_cache))
+        active = self.resolve(specs, report)
 
         self.step = 0
         mode = self._pick_mode(active)
@@ -186,6 +171,27 @@ class LoraManager:
                     f"keys match no layer of this model and were skipped (e.g. {shown})")
         report.seconds = time.perf_counter() - started
         return report
+
+    def resolve(self, specs: Sequence[LoraSpec], report: ApplyReport | None = None) -> list[_Active]:
+        """Validate `specs` and get each file's parsed network (active set, cache, else disk), in order.
+        Touches no layer (the mixed-batch patcher, lora/mixed.py, shares this with set_loras)."""
+        specs = list(specs)
+        for spec in specs:
+            self._check_spec(spec)
+        seen: set[Path] = set()
+        for spec in specs:
+            key = Path(spec.path)
+            if key in seen:
+                raise LoraError(f"LoRA '{key.name}': listed twice in one request; give it once with one weight")
+            seen.add(key)
+        active: list[_Active] = []
+        for spec in specs:
+            network, from_cache, read = self._network_for(spec)
+            if report is not None:
+                report.files_read += read
+            ratios = parse_block_weights(spec.lbw) if spec.lbw else None
+            active.append(_Active(spec, network, ratios, from_cache))
+        return active
 
     def clear(self) -> None:
         """Exact unload: every forward restored, embeddings removed."""

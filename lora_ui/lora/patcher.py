@@ -46,7 +46,7 @@ class Contribution:
         return (id(self.source), id(self.module), float(self.multiplier), self.dyn)
 
 
-def _fp32_branch_factors(module, dyn, multiplier: float, dtype: torch.dtype, device) -> tuple | None:
+def fp32_branch_factors(module, dyn, multiplier: float, dtype: torch.dtype, device) -> tuple | None:
     """(down, mid, up_scaled) in the model dtype for a forward-time branch, or None if not plain LoRA."""
     factors = module.low_rank_factors(dyn)
     if factors is None:
@@ -80,7 +80,7 @@ class LayerPatch:
         branches = []
         if mode == LOWMEM:
             for c in contributions:
-                b = _fp32_branch_factors(c.module, c.dyn, c.multiplier, weight.dtype, weight.device)
+                b = fp32_branch_factors(c.module, c.dyn, c.multiplier, weight.dtype, weight.device)
                 if b is None:
                     branches = None
                     break
@@ -223,42 +223,44 @@ def _branch_forward(module: nn.Module, patch: LayerPatch, base_forward):
 
     In inference (no grad) the branch is accumulated into the base output in place (`addmm_` /
     `baddbmm_`, no output-sized temporaries): the LoRA then costs its two small matmuls only.
+    The per-branch op sequence is `add_branch` (shared with the mixed-batch patcher, lora/mixed.py,
+    so that a row there gets exactly the ops it gets here).
     """
-    if isinstance(module, nn.Linear):
-        def forward(x: Tensor) -> Tensor:
-            out = base_forward(x)
-            in_place = not torch.is_grad_enabled() and out.is_contiguous()
-            for down, _mid, up in patch.branches:
-                h = F.linear(x, down)  # (..., r)
-                if in_place:
-                    out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())
-                else:
-                    out = out + F.linear(h, up)
-            return out
-    elif isinstance(module, nn.Conv2d):
-        def forward(x: Tensor) -> Tensor:
-            out = base_forward(x)
-            in_place = not torch.is_grad_enabled() and out.is_contiguous()
-            for down, mid, up in patch.branches:
-                if mid is None:
-                    # down carries the layer's kernel (or is 1x1 on a 1x1 layer): same geometry.
-                    h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)
-                else:
-                    h = F.conv2d(x, down)
-                    h = F.conv2d(h, mid, None, module.stride, module.padding, module.dilation)
-                if in_place and up.shape[2:] == (1, 1) and h.shape[2:] == out.shape[2:] and out.dim() == 4:
-                    # (B, C, HW) += (C, r) @ (B, r, HW): the 1x1 `up` conv as a batched in-place matmul
-                    b, r = h.shape[0], h.shape[1]
-                    out.view(b, out.shape[1], -1).baddbmm_(up.view(up.shape[0], r).expand(b, -1, -1),
-                                                           h.reshape(b, r, -1))
-                elif in_place:
-                    out.add_(F.conv2d(h, up))
-                else:
-                    out = out + F.conv2d(h, up)
-            return out
-    else:
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise TypeError(f"low-memory branches patch Linear/Conv2d, not {type(module).__name__}")
+
+    def forward(x: Tensor) -> Tensor:
+        out = base_forward(x)
+        in_place = not torch.is_grad_enabled() and out.is_contiguous()
+        for down, mid, up in patch.branches:
+            out = add_branch(module, x, out, down, mid, up, in_place)
+        return out
     return forward
+
+
+def add_branch(module: nn.Module, x: Tensor, out: Tensor, down: Tensor, mid: Tensor | None, up: Tensor,
+               in_place: bool) -> Tensor:
+    """out + up(mid(down(x))) for one low-rank branch on a Linear or Conv2d (in place when asked)."""
+    if isinstance(module, nn.Linear):
+        h = F.linear(x, down)  # (..., r)
+        if in_place:
+            out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t())
+            return out
+        return out + F.linear(h, up)
+    if mid is None:
+        # down carries the layer's kernel (or is 1x1 on a 1x1 layer): same geometry.
+        h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)
+    else:
+        h = F.conv2d(x, down)
+        h = F.conv2d(h, mid, None, module.stride, module.padding, module.dilation)
+    if in_place and up.shape[2:] == (1, 1) and h.shape[2:] == out.shape[2:] and out.dim() == 4:
+        # (B, C, HW) += (C, r) @ (B, r, HW): the 1x1 `up` conv as a batched in-place matmul
+        b, r = h.shape[0], h.shape[1]
+        out.view(b, out.shape[1], -1).baddbmm_(up.view(up.shape[0], r).expand(b, -1, -1), h.reshape(b, r, -1))
+        return out
+    if in_place:
+        return out.add_(F.conv2d(h, up))
+    return out + F.conv2d(h, up)
 
 
 @dataclass(frozen=True, eq=False)

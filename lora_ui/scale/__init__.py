@@ -1,0 +1,1 @@
+"""Scale-out: the Ray backend (optional; `pip install -r requirements-ray.txt`)."""
