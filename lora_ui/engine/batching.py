@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from lora_ui.limits import MAX_SEED
 from lora_ui.lora.mixed import MixedLoras, RowMap
 
-MAX_SEED = 2**32 - 2
 NOT_BATCHABLE_SAMPLERS = ("DPM adaptive",)
 
 
@@ -77,22 +76,19 @@ class MixedUNet:
 
 
 def batch_key(model, req) -> tuple | None:
-    """What requests must share to be sampled together, or None when this one never shares
-    (invalid fields, batch_count > 1, a sampler whose steps depend on the whole batch)."""
+    """What requests must share to be sampled together (txt2img.sampling_key plus the model), or None
+    when this one never shares (invalid fields, batch_count > 1, a sampler whose steps depend on the
+    whole batch)."""
     from lora_ui.engine.sampling import registry
-    from lora_ui.engine.txt2img import validate
+    from lora_ui.engine.txt2img import sampling_key
 
     try:
-        width, height = validate(model, req)
-        sampler, schedule = registry.parse_sampler_and_schedule(req.sampler, req.scheduler)
-        spec = registry.find_sampler(sampler)
+        key = sampling_key(model, req)
     except (ValueError, registry.SamplingError):
         return None
-    if spec.name in NOT_BATCHABLE_SAMPLERS or int(req.batch_count) != 1:
+    if key[2] in NOT_BATCHABLE_SAMPLERS or int(req.batch_count) != 1:
         return None
-    label = registry.schedule_label(spec, schedule)
-    return (model.name, str(model.path), id(model.pipe), width, height, spec.name, label, int(req.steps),
-            float(req.cfg_scale))
+    return (model.name, str(model.path), id(model.pipe), *key)
 
 
 def _cond_lengths(step_conds) -> set[int]:
@@ -110,6 +106,7 @@ class _Prepared:
     width: int
     height: int
     seeds: list[int]
+    subseeds: list[int]
     text: str
     conds: Any          # ScheduledConds
     lengths: frozenset
@@ -118,7 +115,7 @@ class _Prepared:
 
 
 def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, library=None,
-                 outputs_dir: Path | None = None, rng_source: str = "CPU") -> list:
+                 outputs_dir: Path | None = None) -> list:
     """Render `items` together (see the module doc). Returns one Txt2ImgResult or exception per item.
 
     mixed=False: exactly one item, its LoRA set applied through `manager` (its own mode): the
@@ -126,7 +123,7 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
     Raises (for the whole batch) NotMixable / LoraError from building the mixed LoRAs."""
     from lora_ui.engine import conditioning
     from lora_ui.engine.sampling import registry
-    from lora_ui.engine.txt2img import RequestError, validate
+    from lora_ui.engine.txt2img import RequestError, model_schedule, prompt_steps, sampling_options, seeds_for, validate
     from lora_ui.prompt import extract_lora_tags
 
     pipe = model.pipe
@@ -144,18 +141,19 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
             outcomes[k] = e
             continue
         keys.add(batch_key(model, item.req))
-        seed = int(item.req.seed) if item.req.seed is not None and item.req.seed >= 0 else random.randint(0, MAX_SEED)
-        text, _, _ = extract_lora_tags(item.req.prompt)
-        prepared.append(_Prepared(k, item, width, height, [seed + i for i in range(int(item.req.batch_size))], text,
-                                  None, frozenset()))
+        req = item.req
+        seed = int(req.seed) if req.seed >= 0 else random.randint(0, MAX_SEED)
+        subseed = int(req.subseed) if req.subseed >= 0 else random.randint(0, MAX_SEED)
+        seeds, subseeds = seeds_for(req, seed, subseed, 0)
+        text, _, _ = extract_lora_tags(req.prompt)
+        prepared.append(_Prepared(k, item, width, height, seeds, subseeds, text, None, frozenset()))
     if not prepared:
         return outcomes
     if len(keys) != 1 or None in keys:
         raise ValueError("render_batch: the requests do not share checkpoint, size, sampler, schedule, steps and CFG")
     req0 = prepared[0].item.req
-    sampler, schedule = registry.parse_sampler_and_schedule(req0.sampler, req0.scheduler)
-    spec = registry.find_sampler(sampler)
-    prompt_steps = int(req0.steps) * (2 if spec.second_order else 1)
+    plan = registry.plan(req0.sampler, req0.scheduler, int(req0.steps), model_schedule(model),
+                         sampling_options(model, req0))
 
     manager.clear()
     lora_set = MixedLoras(manager, [p.item.specs for p in prepared]) if mixed else None
@@ -169,7 +167,8 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
                 negative, _, _ = extract_lora_tags(p.item.req.negative_prompt)
                 n = len(p.seeds)
                 encode = lambda: conditioning.encode_step_conds(  # noqa: E731
-                    pipe, model.arch, [p.text] * n, [negative] * n, prompt_steps, clip_skip=int(p.item.req.clip_skip))
+                    pipe, model.arch, [p.text] * n, [negative] * n, prompt_steps(plan),
+                    clip_skip=int(p.item.req.clip_skip))
                 if lora_set is not None:
                     with lora_set.uniform(s):
                         p.conds = encode()
@@ -182,28 +181,24 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
                 key = p.lengths if len(p.lengths) == 1 else frozenset({-1 - s})
                 partitions.setdefault(key, []).append(s)
             for members in partitions.values():
-                _sample(model, [prepared[s] for s in members], members, lora_set, manager, spec.name, schedule, req0,
-                        rng_source)
+                _sample(model, [prepared[s] for s in members], members, lora_set, manager, plan, req0)
             for p in prepared:
-                outcomes[p.index] = _finish(model, p, spec, schedule, library, outputs_dir)
+                outcomes[p.index] = _finish(model, p, plan, library, outputs_dir)
     finally:
         if lora_set is not None:
             lora_set.close()
     return outcomes
 
 
-def _sample(model, group: list[_Prepared], set_indices: list[int], lora_set, manager, sampler: str, schedule: str,
-            req0, rng_source: str) -> None:
-    from lora_ui.engine.sampling import registry
-    from lora_ui.engine.sampling.denoiser import CFGDenoiser, DiscreteDenoiser, DiscreteSchedule, sdxl_time_ids
-    from lora_ui.engine.sampling.rng import BrownianNoise, ImageRNG
-    from lora_ui.engine.txt2img import GenerationInterrupted, vae_scale_factor
+def _sample(model, group: list[_Prepared], set_indices: list[int], lora_set, manager, plan, req0) -> None:
+    """One sampling loop over the images of `group` (txt2img's denoiser, RNG and sampler; the UNet
+    wrapped for mixed LoRA rows); sets each request's latents (its last x0 estimate when it stopped)."""
+    from lora_ui.engine.txt2img import GenerationInterrupted, latent_shape, make_cfg_denoiser, make_rng, run_sampler
 
     pipe = model.pipe
     p0 = group[0]
-    factor = vae_scale_factor(pipe)
-    shape = (int(pipe.unet.config.in_channels), p0.height // factor, p0.width // factor)
     seeds = [s for p in group for s in p.seeds]
+    subseeds = [s for p in group for s in p.subseeds]
     image_sets = [s for s, p in zip(set_indices, group) for _ in p.seeds]
     per_request = [p.conds for p in group]
 
@@ -211,21 +206,14 @@ def _sample(model, group: list[_Prepared], set_indices: list[int], lora_set, man
         return [ic for conds in per_request for ic in conds(call)]
 
     terms = [len(ic.terms) for ic in step_conds(0)]
-    unet = pipe.unet
+    unet = None
     if lora_set is not None and len(group) == 1:
         unet = MixedUNet(pipe.unet, lora_set, uniform=set_indices[0])
     elif lora_set is not None:
         unet = MixedUNet(pipe.unet, lora_set, RowMap.for_cfg(image_sets, image_sets, terms))
-    config = getattr(model, "scheduler_config", None) or dict(pipe.scheduler.config)
-    denoiser = DiscreteDenoiser(unet, DiscreteSchedule.from_config(config),
-                                config.get("prediction_type", "epsilon") or "epsilon",
-                                time_ids=sdxl_time_ids(p0.height, p0.width) if model.arch == "sdxl" else None,
-                                unet_dtype=pipe.unet.dtype)
-    cfg = CFGDenoiser(denoiser, float(req0.cfg_scale), step_conds)
-    rng = ImageRNG(shape, seeds, source=rng_source, device=model.device)
-    noise = rng.next().to(model.device)
-    bounds = []
-    start = 0
+    cfg = make_cfg_denoiser(model, req0, step_conds, p0.width, p0.height, unet=unet)
+    rng = make_rng(model, req0, seeds, subseeds, latent_shape(pipe, p0.width, p0.height), plan)
+    bounds, start = [], 0
     for p in group:
         bounds.append((start, start + len(p.seeds)))
         start += len(p.seeds)
@@ -235,25 +223,22 @@ def _sample(model, group: list[_Prepared], set_indices: list[int], lora_set, man
 
     def callback(d: dict) -> None:
         done = min(steps, int(d["i"]) + 1)
-        x = d["x"]
+        x0 = d["denoised"]
         for p, (a, b) in zip(group, bounds):
             if p.stopped or p.item.on_step is None:
                 continue
             try:
-                p.item.on_step(done, steps, x[a:b])
+                p.item.on_step(done, steps, x0[a:b])
             except GenerationInterrupted:
                 p.stopped = True
-                p.latents = x[a:b].clone()
+                p.latents = x0[a:b].clone()
         if all(p.stopped for p in group):
             raise _AllStopped()
-        if manager is not None and lora_set is None and done < steps:
+        if manager is not None and lora_set is None:
             manager.on_step(done, steps)
 
-    def brownian(x, lo, hi):
-        return BrownianNoise(x, lo, hi, seeds, rng_source)
-
     try:
-        latents = registry.sample(sampler, schedule, cfg, noise, steps, rng, brownian, callback=callback)
+        latents = run_sampler(model, req0, cfg, rng, callback)
     except _AllStopped:
         return
     for p, (a, b) in zip(group, bounds):
@@ -261,30 +246,13 @@ def _sample(model, group: list[_Prepared], set_indices: list[int], lora_set, man
             p.latents = latents[a:b]
 
 
-def _finish(model, p: _Prepared, spec, schedule: str, library, outputs_dir: Path | None):
-    from PIL import Image
+def _finish(model, p: _Prepared, plan, library, outputs_dir: Path | None):
+    """The request's result, exactly as txt2img.generate finishes one (decode, infotext, save)."""
+    from lora_ui.engine.txt2img import Txt2ImgResult, _lora_hashes, finish_images, outputs_folder
 
-    from lora_ui.engine.sampling import registry
-    from lora_ui.engine.sampling.rng import to_uint8
-    from lora_ui.engine.txt2img import Txt2ImgResult, _lora_hashes, build_infotext, save_png
-
-    pipe = model.pipe
     req = p.item.req
-    vae = pipe.vae
-    with torch.no_grad():
-        decoded = vae.decode(p.latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    arrays = to_uint8(decoded)
-    label = registry.schedule_label(spec, schedule)
     hashes = _lora_hashes(library, p.item.specs) if getattr(req, "add_lora_hashes", True) else {}
-    folder = Path(outputs_dir) / "txt2img-images" / date.today().isoformat() if outputs_dir else None
     result = Txt2ImgResult(warnings=list(p.item.warnings), loras=list(p.item.specs), interrupted=p.stopped)
-    for seed, array in zip(p.seeds, arrays):
-        image = Image.fromarray(array)
-        info = build_infotext(model, req, seed=seed, width=p.width, height=p.height, lora_hashes=hashes,
-                              schedule=label)
-        result.images.append(image)
-        result.infotexts.append(info)
-        result.seeds.append(seed)
-        if req.save_images and folder is not None:
-            result.saved_paths.append(save_png(image, info, folder, seed))
+    finish_images(model, req, p.latents, p.seeds, p.subseeds, p.width, p.height, hashes, plan,
+                  outputs_folder(outputs_dir), result)
     return result

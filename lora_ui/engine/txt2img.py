@@ -324,6 +324,61 @@ def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width
     return create_infotext(req.prompt, req.negative_prompt, params)
 
 
+def latent_shape(pipe, width: int, height: int) -> tuple[int, int, int]:
+    """(C, h, w) of one image's latent."""
+    factor = vae_scale_factor(pipe)
+    return int(pipe.unet.config.in_channels), height // factor, width // factor
+
+
+def outputs_folder(outputs_dir: Path | None) -> Path | None:
+    """`<outputs>/txt2img-images/<YYYY-MM-DD>` (A1111's layout), or None when nothing is saved."""
+    return Path(outputs_dir) / "txt2img-images" / date.today().isoformat() if outputs_dir else None
+
+
+def prompt_steps(plan: registry.Plan) -> int:
+    """The step count prompt editing is scheduled over: A1111 doubles it for second-order samplers."""
+    return plan.steps * (2 if plan.spec.second_order else 1)
+
+
+def sampling_key(model, req: Txt2ImgRequest) -> tuple:
+    """What requests must share to be sampled in one loop: everything but prompts, seeds, batch size,
+    clip skip and LoRAs (those are per image). Raises RequestError for an invalid request."""
+    width, height = validate(model, req)
+    sampler, schedule = registry.parse_sampler_and_schedule(req.sampler, req.scheduler)
+    return (width, height, sampler, registry.schedule_label(registry.find_sampler(sampler), schedule),
+            int(req.steps), float(req.cfg_scale), sampling_options(model, req), req.rng, float(req.subseed_strength),
+            int(req.seed_resize_from_w), int(req.seed_resize_from_h), int(req.ensd))
+
+
+def make_cfg_denoiser(model, req: Txt2ImgRequest, conds, width: int, height: int, unet=None) -> CFGDenoiser:
+    """CFG over the model's UNet (or `unet`, a callable with the UNet's signature, e.g. the mixed-LoRA
+    wrapper of a batch of requests) as A1111's k-diffusion denoiser: eps or v-prediction from the
+    model's scheduler config, SDXL micro-conditioning from the image size."""
+    pipe = model.pipe
+    config = dict(getattr(model, "scheduler_config", None) or pipe.scheduler.config)
+    denoiser = DiscreteDenoiser(unet if unet is not None else pipe.unet, model_schedule(model),
+                                config.get("prediction_type") or "epsilon",
+                                time_ids=sdxl_time_ids(height, width) if model.arch == "sdxl" else None,
+                                unet_dtype=pipe.unet.dtype)
+    return CFGDenoiser(denoiser, float(req.cfg_scale), conds)
+
+
+def make_rng(model, req: Txt2ImgRequest, seeds: list[int], subseeds: list[int], latent_shape: tuple,
+             plan: registry.Plan) -> ImageRNG:
+    """The per-image noise of one batch: A1111's RNG source, variation seeds, seed resize and ENSD."""
+    return ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=float(req.subseed_strength),
+                    seed_resize_from=(int(req.seed_resize_from_w), int(req.seed_resize_from_h)),
+                    source=req.rng, device=model.device, ensd=int(req.ensd), uses_ensd=plan.spec.uses_ensd)
+
+
+def run_sampler(model, req: Txt2ImgRequest, cfg: CFGDenoiser, rng: ImageRNG, callback) -> torch.Tensor:
+    """The request's sampler from the RNG's first draw to the final latents (B, C, h, w);
+    `callback(state)` after each iteration (k-diffusion's dict: x, i, sigma, denoised)."""
+    brownian = lambda x, lo, hi: BrownianNoise(x, lo, hi, rng.seeds, rng.source)  # noqa: E731
+    return registry.sample(req.sampler, req.scheduler, cfg, rng.first(), int(req.steps), rng, brownian, callback,
+                           sampling_options(model, req))
+
+
 @dataclass
 class _Sampled:
     """One sampling run's output: latents (B, C, h, w) and whether it was cut short."""
@@ -334,11 +389,7 @@ class _Sampled:
 
 def _sample(model, req: Txt2ImgRequest, conds, rng: ImageRNG, width: int, height: int, loras, on_step) -> _Sampled:
     """Run the request's sampler over the model for one batch; stops early on GenerationInterrupted."""
-    pipe = model.pipe
-    config = dict(getattr(model, "scheduler_config", None) or pipe.scheduler.config)
-    denoiser = DiscreteDenoiser(pipe.unet, model_schedule(model), config.get("prediction_type", "epsilon"),
-                                time_ids=sdxl_time_ids(height, width) if model.arch == "sdxl" else None)
-    cfg = CFGDenoiser(denoiser, float(req.cfg_scale), conds)
+    cfg = make_cfg_denoiser(model, req, conds, width, height)
     steps = int(req.steps)
     last = {"x0": None}
 
@@ -352,15 +403,12 @@ def _sample(model, req: Txt2ImgRequest, conds, rng: ImageRNG, width: int, height
 
     if loras is not None and hasattr(loras, "on_step"):
         loras.on_step(0, steps)
-    brownian = lambda x, lo, hi: BrownianNoise(x, lo, hi, rng.seeds, rng.source)  # noqa: E731
     try:
-        latents = registry.sample(req.sampler, req.scheduler, cfg, rng.first(), steps, rng, brownian, callback,
-                                  sampling_options(model, req))
+        return _Sampled(run_sampler(model, req, cfg, rng, callback), False)
     except GenerationInterrupted:
         if last["x0"] is None:
             raise
         return _Sampled(last["x0"], True)
-    return _Sampled(latents, False)
 
 
 @torch.no_grad()
@@ -377,7 +425,7 @@ def decode_to_images(pipe, latents: torch.Tensor) -> list:
     return images
 
 
-def _seeds_for(req: Txt2ImgRequest, base_seed: int, base_subseed: int, iteration: int) -> tuple[list[int], list[int]]:
+def seeds_for(req: Txt2ImgRequest, base_seed: int, base_subseed: int, iteration: int) -> tuple[list[int], list[int]]:
     """A1111's all_seeds / all_subseeds for one iteration: seed + i, or the seed for every image when a
     variation strength is set (then the subseeds count up instead)."""
     first = iteration * int(req.batch_size)
@@ -404,21 +452,17 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     lora_hashes = _lora_hashes(library, specs) if req.add_lora_hashes else {}
     plan = registry.plan(req.sampler, req.scheduler, int(req.steps), model_schedule(model),
                          sampling_options(model, req))
-    prompt_steps = int(req.steps) * (2 if plan.spec.second_order else 1)
-    factor = vae_scale_factor(pipe)
-    latent_shape = (int(pipe.unet.config.in_channels), height // factor, width // factor)
-    out_folder = Path(outputs_dir) / "txt2img-images" / date.today().isoformat() if outputs_dir else None
+    shape = latent_shape(pipe, width, height)
+    out_folder = outputs_folder(outputs_dir)
     result = Txt2ImgResult(warnings=warnings, loras=specs)
 
     for iteration in range(int(req.batch_count)):
-        seeds, subseeds = _seeds_for(req, base_seed, base_subseed, iteration)
+        seeds, subseeds = seeds_for(req, base_seed, base_subseed, iteration)
         conds = conditioning.encode_step_conds(pipe, model.arch, [text] * len(seeds), negative_text,
-                                               prompt_steps, clip_skip=int(req.clip_skip))
-        rng = ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=float(req.subseed_strength),
-                       seed_resize_from=(int(req.seed_resize_from_w), int(req.seed_resize_from_h)),
-                       source=req.rng, device=model.device, ensd=int(req.ensd), uses_ensd=plan.spec.uses_ensd)
+                                               prompt_steps(plan), clip_skip=int(req.clip_skip))
+        rng = make_rng(model, req, seeds, subseeds, shape, plan)
         sampled = _sample(model, req, conds, rng, width, height, loras, on_step)
-        _finish_batch(model, req, sampled.latents, seeds, subseeds, width, height, lora_hashes, plan,
+        finish_images(model, req, sampled.latents, seeds, subseeds, width, height, lora_hashes, plan,
                       out_folder, result)
         if sampled.interrupted:
             result.interrupted = True
@@ -427,8 +471,9 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     return result
 
 
-def _finish_batch(model, req, latents, seeds, subseeds, width, height, lora_hashes, plan, out_folder,
+def finish_images(model, req, latents, seeds, subseeds, width, height, lora_hashes, plan, out_folder,
                   result: Txt2ImgResult) -> None:
+    """Decode (image by image), write the infotexts, save the PNGs, and append all of it to `result`."""
     if not torch.isfinite(latents).all():
         result.warnings.append("the sampler produced non-finite values (NaN/Inf): the image is black; "
                                "lower the LoRA weights or the CFG scale")

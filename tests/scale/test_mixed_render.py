@@ -114,3 +114,27 @@ def test_not_batchable_keys(world):
     assert batch_key(model, replace(base, sampler="DPM adaptive")) is None
     assert batch_key(model, replace(base, batch_count=2)) is None
     assert batch_key(model, replace(base, width=33)) is None
+
+
+def test_a_request_alone_in_a_batch_equals_plain_txt2img(world):
+    """One pipeline: render_batch builds on txt2img's denoiser, RNG, sampler and decode, so a request
+    rendered through it equals txt2img.generate's image, infotext included."""
+    from lora_ui.engine.txt2img import generate
+
+    model, paths, manager = world
+    item = _items(paths, "DPM++ 2M")[1]  # two images, an AND prompt, a negative prompt
+    batched = _alone(model, manager, item)
+
+    class ItsLoras:  # txt2img resolves tags through a library; this request carries resolved specs
+        def set_loras(self, _specs):
+            manager.set_loras(item.specs)
+
+        def on_step(self, step, total):
+            manager.on_step(step, total)
+
+    try:
+        plain = generate(model, replace(item.req), loras=ItsLoras())
+    finally:
+        manager.clear()
+    assert np.array_equal(_pixels(batched), _pixels(plain))
+    assert batched.infotexts == plain.infotexts and batched.seeds == plain.seeds
