@@ -13,7 +13,7 @@ from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
 from lora_ui.ui.active_loras import build_active_loras
 from lora_ui.ui.lora_browser import BrowserHandlers, ThumbnailCache, build_lora_browser
-from lora_ui.ui.pnginfo_tab import SEND_KEYS, PngInfoHandlers, build_pnginfo_tab
+from lora_ui.ui.pnginfo_tab import SEND_FIELDS, PngInfoHandlers, build_pnginfo_tab
 from lora_ui.ui.settings_tab import build_settings_tab
 from lora_ui.ui.txt2img_tab import build_txt2img_tab
 
@@ -79,17 +79,16 @@ def build_ui(ctx: Any) -> gr.Blocks:
                                   outputs=[browser.cards], show_progress="hidden")
 
         # PNG Info -> txt2img: prompt (LoRAs by hash), then the settings, then switch tabs.
-        targets = t2i.settings_components()
+        targets = t2i.field_components()
         png_handlers = PngInfoHandlers(ctx)
-        choices = {"Sampler": list(t2i.sampler.choices_values()) if hasattr(t2i.sampler, "choices_values")
-                   else [c[1] if isinstance(c, tuple) else c for c in t2i.sampler.choices],
-                   "Schedule type": [c[1] if isinstance(c, tuple) else c for c in t2i.schedule.choices]}
+        choices = {"sampler": [c[1] if isinstance(c, tuple) else c for c in t2i.sampler.choices],
+                   "scheduler": [c[1] if isinstance(c, tuple) else c for c in t2i.schedule.choices]}
 
         def send_png(text: str):
             return png_handlers.send(text, choices, []) + [gr.Tabs(selected="txt2img")]
 
         png.send_to_txt2img.click(send_png, inputs=[png.infotext],
-                                  outputs=[t2i.prompt] + [targets[k] for k in SEND_KEYS] + [tabs])
+                                  outputs=[t2i.prompt] + [targets[k] for k in SEND_FIELDS] + [tabs])
 
         if compare is not None:
             multiselect = bool(getattr(compare.lora, "multiselect", False))

@@ -10,12 +10,13 @@ import gradio as gr
 
 from lora_ui import infotext as infotext_mod
 from lora_ui.ui import notify
+from lora_ui.ui.sampling_extras import EXTRA_NAMES
 
 NO_METADATA = "This image has no generation parameters (no PNG 'parameters' chunk or EXIF comment)."
 
-# Infotext key -> (kind, what the txt2img widget is called); the order of `SendTargets`.
-SEND_KEYS = ("Negative prompt", "Sampler", "Schedule type", "Steps", "CFG scale", "Size-1", "Size-2", "Seed",
-             "Clip skip")
+# Txt2ImgRequest fields "Send to txt2img" fills, in the order of its outputs (after the prompt).
+SEND_FIELDS = ("negative_prompt", "sampler", "scheduler", "steps", "cfg_scale", "width", "height", "seed", "clip_skip",
+               *EXTRA_NAMES)
 
 
 def read_parameters(image_path: str | None) -> tuple[str, list[list[str]]]:
@@ -37,9 +38,12 @@ def read_parameters(image_path: str | None) -> tuple[str, list[list[str]]]:
 
 def txt2img_values(text: str, library: Any, choices: dict[str, list[str]] | None = None
                    ) -> tuple[str, dict[str, Any], list[str]]:
-    """Infotext -> (prompt with LoRA names resolved by hash, {infotext key: value for the widgets},
-    messages for the user). Keys missing from the infotext are left out (the widget keeps its value);
-    a sampler/schedule the UI does not offer is left out with a message."""
+    """Infotext -> (prompt with LoRA names resolved by hash, {request field: value}, messages for the
+    user). A1111's reading (lora_ui.engine.paste): a missing key means A1111's default; a value that
+    cannot be used is left out with a message (its widget keeps its value); `choices` ({"sampler": [...],
+    "scheduler": [...]}) drops a sampler/schedule the widgets do not offer, with a message."""
+    from lora_ui.engine.paste import request_fields_from_infotext
+
     if not text or not text.strip():
         raise ValueError("Nothing to send: drop an image with generation parameters first.")
     parsed = infotext_mod.parse_infotext(text)
@@ -47,20 +51,12 @@ def txt2img_values(text: str, library: Any, choices: dict[str, list[str]] | None
     messages: list[str] = []
     if library is not None:
         prompt, messages = infotext_mod.resolve_pasted_loras(prompt, parsed.get("Lora hashes", ""), library)
-    values: dict[str, Any] = {}
-    for key in SEND_KEYS:
-        if key not in parsed:
-            continue
-        value = parsed[key]
-        allowed = (choices or {}).get(key)
-        if allowed is not None and value not in allowed:
-            messages.append(f"{key} '{value}' is not available here; kept the current one")
-            continue
-        if key in ("Steps", "Seed", "Clip skip", "Size-1", "Size-2", "CFG scale") and not isinstance(value, (int, float)):
-            messages.append(f"{key} '{value}' is not a number; kept the current one")
-            continue
-        values[key] = value
-    return prompt, values, messages
+    values, paste_messages = request_fields_from_infotext(parsed)
+    messages += paste_messages
+    for field, allowed in (choices or {}).items():
+        if field in values and values[field] not in allowed:
+            messages.append(f"{field} '{values.pop(field)}' is not available here; kept the current one")
+    return prompt, {k: v for k, v in values.items() if k in SEND_FIELDS}, messages
 
 
 @dataclass
@@ -85,14 +81,14 @@ class PngInfoHandlers:
 
     def send(self, text: str, choices: dict[str, list[str]], current: list[Any]) -> list[Any]:
         """-> [prompt, then one value per SEND_KEYS entry]; on bad input every widget keeps its value."""
-        keep = [gr.update()] * (1 + len(SEND_KEYS))
+        keep = [gr.update()] * (1 + len(SEND_FIELDS))
         try:
             prompt, values, messages = txt2img_values(text, getattr(self.ctx, "library", None), choices)
         except ValueError as exc:
             notify.warn(str(exc))
             return keep
         notify.warn_all(messages)
-        return [prompt] + [values.get(k, gr.update()) for k in SEND_KEYS]
+        return [prompt] + [values.get(k, gr.update()) for k in SEND_FIELDS]
 
 
 def build_pnginfo_tab(ctx: Any) -> PngInfoTab:

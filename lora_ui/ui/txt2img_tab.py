@@ -20,6 +20,7 @@ import gradio as gr
 
 from lora_ui import limits as app_limits
 from lora_ui.limits import MAX_CFG, MAX_CLIP_SKIP, MAX_REQUEST_SEED
+from lora_ui.ui.sampling_extras import SamplingExtras, build_sampling_extras, extras_request_fields
 from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
 
@@ -177,12 +178,15 @@ class Txt2ImgHandlers(WorkerHandlers):
 
     def generate(self, prompt: str, negative: str, sampler: str, schedule: str, steps: Any, cfg: Any,
                  width: Any, height: Any, seed: Any, batch_size: Any, batch_count: Any,
-                 clip_skip: Any) -> Iterator[tuple]:
+                 clip_skip: Any, *extras: Any) -> Iterator[tuple]:
+        """`extras`: the "Seed extras and sampler options" values, in sampling_extras.EXTRA_FIELDS order."""
         keep = gr.update()
         try:
             fields = request_fields(prompt, negative, sampler, schedule, steps, cfg, width, height, seed,
                                     batch_size, batch_count, clip_skip, limits=app_limits.of(self.ctx.settings),
                                     default_size=core.default_size(self.ctx))
+            if extras:
+                fields.update(extras_request_fields(extras))
             fields["add_lora_hashes"] = bool(getattr(self.ctx.settings, "add_lora_hashes_to_infotext", True))
             request = self.request_factory(**fields)
         except (ValueError, TypeError) as exc:
@@ -277,12 +281,14 @@ class Txt2ImgTab:
     last_infotexts: gr.State
     selected_index: gr.State
     last_image: gr.State      # path of the selected/first image of the last generation (for previews)
+    extras: SamplingExtras | None = None
 
-    def settings_components(self) -> dict[str, Any]:
-        """Infotext key -> component, for PNG Info's 'send to txt2img'."""
-        return {"Negative prompt": self.negative, "Sampler": self.sampler, "Schedule type": self.schedule,
-                "Steps": self.steps, "CFG scale": self.cfg, "Size-1": self.width, "Size-2": self.height,
-                "Seed": self.seed, "Clip skip": self.clip_skip}
+    def field_components(self) -> dict[str, Any]:
+        """Txt2ImgRequest field -> component, for PNG Info's 'send to txt2img'."""
+        main = {"negative_prompt": self.negative, "sampler": self.sampler, "scheduler": self.schedule,
+                "steps": self.steps, "cfg_scale": self.cfg, "width": self.width, "height": self.height,
+                "seed": self.seed, "clip_skip": self.clip_skip}
+        return {**main, **(self.extras.components if self.extras is not None else {})}
 
 
 PROGRESS_CSS = """
@@ -338,6 +344,7 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
                 random_seed = gr.Button("Random", elem_id="txt2img_random_seed", scale=0, min_width=70, size="sm")
                 reuse_seed = gr.Button("Reuse", elem_id="txt2img_reuse_seed", scale=0, min_width=70, size="sm")
             clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="txt2img_clip_skip")
+            extras = build_sampling_extras()
         with gr.Column(scale=1, elem_id="txt2img_results"):
             progress = gr.HTML("", css_template=PROGRESS_CSS, elem_id="txt2img_progress", js_on_load=None)
             preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview",
@@ -348,9 +355,11 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
                                   elem_id="txt2img_infotext", buttons=["copy"])
     tab = Txt2ImgTab(prompt, negative, generate, interrupt, skip, sampler, schedule, steps, cfg, width, height,
                      seed, random_seed, reuse_seed, batch_size, batch_count, clip_skip, progress, preview, gallery,
-                     infotext, send_to_compare, last_images, last_seeds, last_infotexts, selected_index, last_image)
+                     infotext, send_to_compare, last_images, last_seeds, last_infotexts, selected_index, last_image,
+                     extras)
 
-    inputs = [prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_size, batch_count, clip_skip]
+    inputs = [prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_size, batch_count, clip_skip,
+              *extras.inputs()]
     outputs = [progress, preview, gallery, infotext, last_images, last_seeds, last_infotexts]
     for trigger in (generate.click,):
         trigger(h.generate, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden").then(

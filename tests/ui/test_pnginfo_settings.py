@@ -49,29 +49,33 @@ def test_not_an_image_warns(ctx, tmp_path):
 def test_send_to_txt2img_resolves_renamed_lora_by_hash_and_restores_settings(ctx):
     style = ctx.library.entries[0]
     text = INFOTEXT.format(h=style.hash12)
-    choices = {"Sampler": ["Euler a", "DPM++ 2M"], "Schedule type": ["Automatic", "Karras"]}
+    choices = {"sampler": ["Euler a", "DPM++ 2M"], "scheduler": ["Automatic", "Karras"]}
     with pytest.warns(UserWarning, match="matched by hash"):
         values = pi.PngInfoHandlers(ctx).send(text, choices, [])
     prompt, *settings = values
     assert prompt == "a cat <lora:style:0.35> inkstyle"
-    assert dict(zip(pi.SEND_KEYS, settings)) == {
-        "Negative prompt": "blurry", "Sampler": "DPM++ 2M", "Schedule type": "Karras", "Steps": 12,
-        "CFG scale": 6.5, "Size-1": 48, "Size-2": 64, "Seed": 777, "Clip skip": 2}
+    # Karras is DPM++ 2M's own schedule: A1111 1.10 reads it back as Automatic; every sampling field
+    # the infotext does not name gets A1111's default, not the widget's current value
+    assert dict(zip(pi.SEND_FIELDS, settings)) == {
+        "negative_prompt": "blurry", "sampler": "DPM++ 2M", "scheduler": "Automatic", "steps": 12,
+        "cfg_scale": 6.5, "width": 48, "height": 64, "seed": 777, "clip_skip": 2, "subseed": -1,
+        "subseed_strength": 0.0, "seed_resize_from_w": 0, "seed_resize_from_h": 0, "rng": "GPU", "ensd": 0,
+        "eta": None, "s_churn": 0.0, "s_noise": 1.0, "sigma_min": 0.0, "sigma_max": 0.0, "rho": 0.0}
 
 
 def test_send_keeps_widgets_for_unknown_sampler_and_missing_keys(ctx):
     text = "a dog\nSteps: 5, Sampler: Mystery, Seed: 3"
-    with pytest.warns(UserWarning, match="Sampler 'Mystery' is not available here"):
-        values = pi.PngInfoHandlers(ctx).send(text, {"Sampler": ["Euler a"]}, [])
-    settings = dict(zip(pi.SEND_KEYS, values[1:]))
-    assert values[0] == "a dog" and settings["Steps"] == 5 and settings["Seed"] == 3
-    assert settings["Sampler"] == {"__type__": "update"} and settings["CFG scale"] == {"__type__": "update"}
+    with pytest.warns(UserWarning, match="Mystery"):
+        values = pi.PngInfoHandlers(ctx).send(text, {"sampler": ["Euler a"]}, [])
+    settings = dict(zip(pi.SEND_FIELDS, values[1:]))
+    assert values[0] == "a dog" and settings["steps"] == 5 and settings["seed"] == 3
+    assert settings["sampler"] == {"__type__": "update"} and settings["cfg_scale"] == {"__type__": "update"}
 
 
 def test_send_with_nothing_warns_and_changes_nothing(ctx):
     with pytest.warns(UserWarning, match="Nothing to send"):
         values = pi.PngInfoHandlers(ctx).send("", {}, [])
-    assert values == [{"__type__": "update"}] * (1 + len(pi.SEND_KEYS))
+    assert values == [{"__type__": "update"}] * (1 + len(pi.SEND_FIELDS))
 
 
 def test_settings_apply_writes_config_json(ctx, tmp_path, capsys):

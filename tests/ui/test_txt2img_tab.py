@@ -30,6 +30,23 @@ def test_request_holds_every_widget_value(tmp_path):
         "a cat <lora:style:0.5>", "blurry", "Euler", "Karras", 6, 5.5, 32, None, 42, 1, 2, 2)
 
 
+def test_seed_extras_and_sampler_options_reach_the_request(tmp_path):
+    from lora_ui.ui.sampling_extras import EXTRA_NAMES
+
+    ctx = make_ctx(tmp_path)
+    extras = {"subseed": 7, "subseed_strength": 0.4, "seed_resize_from_w": 24, "seed_resize_from_h": 16, "rng": "NV",
+              "ensd": 31337, "eta": 0.0, "s_churn": 0.5, "s_noise": 0.9, "sigma_min": 0.1, "sigma_max": 10.0, "rho": 5.0}
+    handlers = t2i.Txt2ImgHandlers(ctx, poll_seconds=0.005, temp_dir=tmp_path / "tmp")
+    list(handlers.generate(*ARGS.values(), *[extras[n] for n in EXTRA_NAMES]))
+    (req,) = ctx.worker.requests
+    assert {n: getattr(req, n) for n in EXTRA_NAMES} == extras  # eta 0 stays 0 (not "the default")
+    list(handlers.generate(*ARGS.values(), *[None if n == "eta" else extras[n] for n in EXTRA_NAMES]))
+    assert ctx.worker.requests[-1].eta is None  # empty eta: the sampler's own default
+    with pytest.warns(UserWarning, match="Variation strength"):
+        list(handlers.generate(*ARGS.values(), *["x" if n == "subseed_strength" else extras[n] for n in EXTRA_NAMES]))
+    assert len(ctx.worker.requests) == 2
+
+
 def test_progress_is_yielded_while_rendering_then_gallery_and_infotext(tmp_path):
     ctx = make_ctx(tmp_path, worker=FakeWorker(step_seconds=0.03))
     outputs = run(t2i.Txt2ImgHandlers(ctx, poll_seconds=0.005, temp_dir=tmp_path / "tmp"))
