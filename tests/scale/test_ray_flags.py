@@ -40,3 +40,27 @@ def test_replica_argv_carries_the_model_flags(tmp_path):
     assert argv[:2] == ["--data-dir", str(tmp_path)] and "--allow-pickle" in argv and str(tmp_path / "l") in argv
     again = _settings(*argv)
     assert again.lora_dirs == s.lora_dirs and again.allow_pickle
+
+
+def test_without_ray_installed_the_app_renders(tmp_path):
+    """`--ray` off: the default path never imports Ray (it is blocked here as if not installed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # any `import ray` now raises ImportError
+        "from lora_ui.settings import Settings, build_parser\n"
+        "from lora_ui.app import AppContext\n"
+        "from lora_ui.engine.txt2img import Txt2ImgRequest\n"
+        f"s = Settings.from_args(build_parser().parse_args(['--data-dir', {str(tmp_path)!r}]), load_config=False)\n"
+        "ctx = AppContext.build(s)\n"
+        "try:\n"
+        "    r = ctx.worker.txt2img(Txt2ImgRequest(prompt='a red circle', steps=2, seed=1, save_images=False))\n"
+        "    print('images', len(r.result(timeout=300).images))\n"
+        "finally:\n"
+        "    assert ctx.close()\n")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=root,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0 and "images 1" in out.stdout, out.stderr[-3000:]
