@@ -210,3 +210,34 @@ def test_skip_cuts_the_current_image_and_goes_on_with_the_next(api_env, client):
     assert not np.array_equal(pixels(data["images"][0]), clean[0]), "the skipped image was not cut short"
     assert np.array_equal(pixels(data["images"][1]), clean[1]), "the image after the skip must be complete"
     assert any(s["state"]["job_no"] == 1 for s in seen)
+
+
+def test_a1111_sampling_fields_and_options_reach_the_picture_and_the_infotext(client):
+    """Variation seed, seed resize, eta, and the RNG/ENSD options as A1111 clients send them
+    (override_settings), each in the infotext as A1111 writes it; the default sampler is Euler."""
+    plain = render(client)
+    assert "Sampler: Euler," in info_of(plain)["infotexts"][0]  # A1111's API default (not Euler a)
+    body = dict(sampler_name="Euler a", subseed=5, subseed_strength=0.5, seed_resize_from_w=24,
+                seed_resize_from_h=24, eta=0.7,
+                override_settings={"randn_source": "NV", "eta_noise_seed_delta": 31337})
+    varied = render(client, **body)
+    text = info_of(varied)["infotexts"][0]
+    for part in ("Sampler: Euler a,", "Variation seed: 5,", "Variation seed strength: 0.5,", "Seed resize from: 24x24,",
+                 "ENSD: 31337,", "RNG: NV,", "Eta: 0.7,"):
+        assert part in text, (part, text)
+    assert np.array_equal(pixels(varied["images"][0]), pixels(render(client, **body)["images"][0]))
+    assert not np.array_equal(pixels(varied["images"][0]),
+                              pixels(render(client, sampler_name="Euler a", eta=0.7)["images"][0]))
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"sampler_name": "Euler z"}, "sampler_name"),
+    ({"scheduler": "Wobbly"}, "scheduler"),
+    ({"override_settings": {"randn_source": "Quantum"}}, "rng"),
+    ({"override_settings": {"not_an_option": 1}}, "override_settings.not_an_option"),
+    ({"subseed_strength": 2}, "subseed_strength"),
+])
+def test_bad_sampling_fields_are_422_naming_the_field(client, body, field):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, **body})
+    assert r.status_code == 422, r.text
+    assert any(e["field"] == field for e in r.json()["errors"]), r.text
