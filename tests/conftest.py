@@ -31,11 +31,28 @@ _hypothesis_settings.register_profile("explore", max_examples=500, deadline=None
 _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+import pytest  # noqa: E402
+
+# ---- Every test starts from the same global random state -------------------------------------------------
+# Tests that draw from torch's / numpy's / Python's global generators (torch.randn(...) without a generator)
+# then see the same numbers in every run, whatever ran before them and in whatever order.
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fixed_global_seeds():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    yield
+
+
 # ---- Threads and processes: whatever the tests start, they stop -----------------------------------------
 import threading  # noqa: E402
 
 import psutil  # noqa: E402
-import pytest  # noqa: E402
 
 # Our own threads are named "lora-..." / "lora-ui-..."; a daemon one still inside torch at interpreter exit
 # can abort the process (status 134) after every test passed.
