@@ -118,3 +118,21 @@ class StyleDatabase:
                 Path(tmp).unlink(missing_ok=True)
                 raise
             self._stamp = None
+
+
+def for_context(ctx) -> StyleDatabase:
+    """The app's style database: `ctx.styles` when the AppContext has one, else `<data-dir>/styles.csv`
+    (kept on the context so every caller shares it)."""
+    db = getattr(ctx, "styles", None)
+    if isinstance(db, StyleDatabase):
+        return db
+    settings = getattr(ctx, "settings", None)
+    path = getattr(settings, "styles_path", None)
+    if path is None:
+        path = Path(getattr(settings, "data_dir", None) or ".") / "styles.csv"
+    db = StyleDatabase(path)
+    try:
+        ctx.styles = db
+    except AttributeError:  # a context that takes no new attributes: a fresh database each time
+        pass
+    return db
