@@ -134,7 +134,6 @@ class Settings:
     checkpoint_cache: int = 1               # --checkpoint-cache: loaded checkpoints kept (A1111's default 1)
     vae_dirs: list[Path] = field(default_factory=list)         # --vae-dir (default <data-dir>/models/VAE)
     embeddings_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir (default <data-dir>/embeddings)
-    desktop: bool = False                   # --desktop: open the app in its own window
     # UI settings (config.json)
     default_lora_weight: float = 1.0
     card_size: int = 160
@@ -228,7 +227,6 @@ class Settings:
             checkpoint_cache=_checkpoint_cache(getattr(args, "checkpoint_cache", 1)),
             vae_dirs=[Path(p) for p in getattr(args, "vae_dir", None) or []],
             embeddings_dirs=[Path(getattr(args, "embeddings_dir"))] if getattr(args, "embeddings_dir", None) else [],
-            desktop=bool(getattr(args, "desktop", False)),
         )
         if load_config:
             settings.load()
@@ -357,9 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with VAE files (default: <data-dir>/models/VAE); repeat for several")
     p.add_argument("--embeddings-dir", default=None, metavar="DIR",
                    help="folder with textual-inversion embeddings (default: <data-dir>/embeddings)")
-    p.add_argument("--desktop", action="store_true",
-                   help="open the app in its own desktop window (Chromium/Chrome/Edge app mode); closing the "
-                        "window stops the server; a second start reuses the running one")
     add_limit_flags(p)
     return p
 
