@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -556,66 +557,65 @@ def placeholder_cell(size: tuple[int, int], text: str = "interrupted") -> Image.
     return cell
 
 
+class _AnyLora:
+    """The sweep checked its LoRA names already (_plan_sweep): the X/Y/Z plan takes them as they are."""
+
+    @staticmethod
+    def resolve(name: str) -> Any:
+        return name
+
+
 def _sweep_job(session: Any, plan: _SweepPlan, on_progress: ProgressCallback | None) -> SweepResult:
-    done = 0
-    warnings: list[str] = []
-    baseline: Image.Image | None = None
-    baseline_infotext = ""
-    # [row][column]: None until rendered. An interrupt keeps the cells done and drops the rest.
-    cells: list[list[Image.Image | None]] = [[None] * len(plan.weights) for _ in plan.names]
-    first_lora_infotext = ""
-    interrupted = False
+    """The sweep is the X/Y/Z plot preset X = "LoRA weight", Y = "LoRA" (lora_ui.xyz, the one grid engine):
+    weight-0 cells are the one shared no-LoRA baseline; an interrupt keeps the cells done."""
+    from lora_ui import xyz
+
+    base = _single_request(plan.base, plan.plain_prompt, plan.seed)
+    xyz_plan = xyz.plan_xyz(SimpleNamespace(library=_AnyLora()), base,
+                            [xyz.Axis("LoRA weight", [repr(float(w)) for w in plan.weights]),
+                             xyz.Axis("LoRA", list(plan.names))], max_cells=10**6)
+
+    def describe(position: tuple[int, int, int], cell: Any) -> str:
+        x, y, _ = position
+        weight = plan.weights[x]
+        return "baseline (no LoRA)" if weight == 0 else f"{plan.names[y]} at {format_weight(weight)}"
+
+    def check(position: tuple[int, int, int], cell: Any, result: Any) -> None:
+        if plan.weights[position[0]] != 0:
+            _check_applied(result, cell.req.prompt)
+
     try:
-        if any(w == 0 for w in plan.weights):
-            _report(on_progress, done, plan.renders, "baseline (no LoRA)")
-            result = _render(session, _single_request(plan.base, plan.baseline_prompt, plan.seed))
-            baseline, baseline_infotext = result.images[0].convert("RGB"), _first_infotext(result)
-            warnings += _result_warnings(result)
-            done += 1
-            for row in cells:  # a LoRA at weight 0 changes nothing: every 0 cell is the one baseline
-                for c, weight in enumerate(plan.weights):
-                    if weight == 0:
-                        row[c] = baseline
-
-        for r, name in enumerate(plan.names):
-            for c, weight in enumerate(plan.weights):
-                if weight == 0:
-                    continue
-                _report(on_progress, done, plan.renders, f"{name} at {format_weight(weight)}")
-                prompt = _with_lora_weight(plan.plain_prompt, name, weight)
-                result = _render(session, _single_request(plan.base, prompt, plan.seed))
-                _check_applied(result, prompt)
-                warnings += _result_warnings(result)
-                first_lora_infotext = first_lora_infotext or _first_infotext(result)
-                cells[r][c] = result.images[0].convert("RGB")
-                done += 1
-    except RenderInterrupted:
-        if done == (1 if baseline is not None else 0):  # no LoRA cell done: a grid of baselines shows nothing
-            raise RenderInterrupted("Rendering was interrupted before any LoRA cell of the sweep was done; "
-                                    "nothing is shown.") from None
-        interrupted = True
-    _report(on_progress, done, plan.renders, "interrupted" if interrupted else "done")
-
-    size = next(cell.size for row in cells for cell in row if cell is not None)
-    missing = [(r, c) for r, row in enumerate(cells) for c, cell in enumerate(row) if cell is None]
-    if missing:
-        blank = placeholder_cell(size)
-        for r, c in missing:
-            cells[r][c] = blank
+        result = xyz.run_xyz(session, xyz_plan, on_progress, describe=describe, check=check)
+    except xyz.XyzInterrupted:
+        result = None
+    lora_done = result is not None and any(
+        (x, y, 0) not in result.missing for y in range(len(plan.names))
+        for x, w in enumerate(plan.weights) if w != 0)
+    if not lora_done:
+        raise RenderInterrupted("Rendering was interrupted before any LoRA cell of the sweep was done; "
+                                "nothing is shown.")
+    cells = [list(row) for row in result.images[0]]
+    texts = result.infotexts[0]
+    missing = [(y, x) for x, y, _ in result.missing]
+    zero = [x for x, w in enumerate(plan.weights) if w == 0]
+    baseline = next((cells[y][x] for y in range(len(cells)) for x in zero if (y, x) not in missing), None)
+    first_lora = next((texts[y][x] for y in range(len(cells)) for x, w in enumerate(plan.weights)
+                       if w != 0 and texts[y][x]), "")
+    baseline_text = next((texts[y][x] for y in range(len(cells)) for x in zero if texts[y][x]), "")
     grid, layout = make_grid(cells, [format_weight(w) for w in plan.weights], plan.names)
     return SweepResult(
         grid=grid,
         layout=layout,
-        infotext=sweep_infotext(first_lora_infotext or baseline_infotext, plan.weights, plan.names),
+        infotext=sweep_infotext(first_lora or baseline_text, plan.weights, plan.names),
         weights=list(plan.weights),
         loras=list(plan.names),
         cells=cells,
         baseline=baseline,
         seed=plan.seed,
-        renders=done,
-        warnings=list(dict.fromkeys(warnings)),
-        interrupted=interrupted,
-        missing=missing,
+        renders=result.renders,
+        warnings=list(result.warnings),
+        interrupted=result.interrupted,
+        missing=sorted(missing),
     )
 
 

@@ -106,6 +106,7 @@ UI_SETTINGS: dict[str, tuple[Any, Any]] = {
     "add_lora_hashes_to_infotext": (True, _bool),
     "clip_skip": (1, _int_in(1, 12)),
     "sd_model_checkpoint": (None, _optional_text),
+    "sd_vae": ("Automatic", _text),
 }
 
 
@@ -135,6 +136,9 @@ class Settings:
     demo_model_dir: Path = DEMO_MODEL_DIR
     outputs_dir_cli: Path | None = None     # --outputs-dir: the operator's choice, anywhere on disk
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    checkpoint_cache: int = 1               # --checkpoint-cache: loaded checkpoints kept (A1111's default 1)
+    vae_dirs: list[Path] = field(default_factory=list)         # --vae-dir (default <data-dir>/models/VAE)
+    embeddings_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir (default <data-dir>/embeddings)
     # UI settings (config.json)
     default_lora_weight: float = 1.0
     card_size: int = 160
@@ -142,6 +146,7 @@ class Settings:
     add_lora_hashes_to_infotext: bool = True
     clip_skip: int = 1
     sd_model_checkpoint: str | None = None
+    sd_vae: str = "Automatic"
     config_extra: dict[str, Any] = field(default_factory=dict)   # config.json keys we do not know: kept as is
     config_warnings: list[str] = field(default_factory=list)
 
@@ -152,6 +157,10 @@ class Settings:
             self.ckpt_dirs = [self.data_dir / "models" / "Stable-diffusion"]
         if not self.lora_dirs:
             self.lora_dirs = [self.data_dir / "models" / "Lora", self.data_dir / "models" / "LyCORIS"]
+        if not self.vae_dirs:
+            self.vae_dirs = [self.data_dir / "models" / "VAE"]
+        if not self.embeddings_dirs:
+            self.embeddings_dirs = [self.data_dir / "embeddings"]
         self.ckpt_dirs = [Path(p).expanduser() for p in self.ckpt_dirs]
         self.lora_dirs = [Path(p).expanduser() for p in self.lora_dirs]
 
@@ -159,6 +168,11 @@ class Settings:
     @property
     def config_path(self) -> Path:
         return self.data_dir / "config.json"
+
+    @property
+    def styles_path(self) -> Path:
+        """A1111's styles.csv in the data dir."""
+        return self.data_dir / "styles.csv"
 
     @property
     def cache_dir(self) -> Path:
@@ -219,6 +233,9 @@ class Settings:
             ray_address=args.ray_address,
             ray_replicas=args.ray_replicas,
             ray_max_replicas=args.ray_max_replicas,
+            checkpoint_cache=_checkpoint_cache(getattr(args, "checkpoint_cache", 1)),
+            vae_dirs=[Path(p) for p in getattr(args, "vae_dir", None) or []],
+            embeddings_dirs=[Path(getattr(args, "embeddings_dir"))] if getattr(args, "embeddings_dir", None) else [],
         )
         if args.ray_replicas is not None and args.ray_replicas < 1:
             raise SettingsError(f"--ray-replicas must be at least 1, got {args.ray_replicas}")
@@ -290,6 +307,14 @@ class Settings:
         return path
 
 
+def _checkpoint_cache(value) -> int:
+    if value is None:
+        return 1
+    if not 1 <= int(value) <= 16:
+        raise SettingsError(f"--checkpoint-cache {value}: keep 1 to 16 loaded checkpoints")
+    return int(value)
+
+
 def _limits_from_args(args: argparse.Namespace) -> Limits:
     try:
         return limits_from_args(args)
@@ -345,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs-dir", default=None, metavar="DIR",
                    help="where images are saved (default: <data-dir>/outputs); only the command line can put "
                         "them outside the data dir")
+    p.add_argument("--checkpoint-cache", type=int, default=1, metavar="N",
+                   help="how many loaded checkpoints to keep in memory, the current one included (least recently "
+                        "used dropped first); switching back to a kept one is instant (default: 1, as A1111)")
+    p.add_argument("--vae-dir", action="append", default=None, metavar="DIR",
+                   help="folder with VAE files (default: <data-dir>/models/VAE); repeat for several")
+    p.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                   help="folder with textual-inversion embeddings (default: <data-dir>/embeddings)")
     add_limit_flags(p)
     return p
 

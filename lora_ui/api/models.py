@@ -51,13 +51,10 @@ UNSUPPORTED_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "denoising_strength": (None, 0, 0.0, 0.7, 0.75),
     "firstphase_width": (None, 0),
     "firstphase_height": (None, 0),
-    "styles": (None, []),
     "restore_faces": (None, False),
     "tiling": (None, False),
     "do_not_save_samples": (None, False),
     "do_not_save_grid": (None, False),
-    "script_name": (None, ""),
-    "script_args": (None, []),
     "alwayson_scripts": (None, {}),
     "refiner_checkpoint": (None, ""),
     "refiner_switch_at": (None, 0, 0.0),
@@ -69,7 +66,10 @@ UNSUPPORTED_DEFAULTS: dict[str, tuple[Any, ...]] = {
 def unsupported_fields(extra: dict[str, Any] | None) -> list[tuple[str, Any]]:
     """(field, value) for each A1111 field we do not implement that asks for something."""
     out = []
+    hires_off = (extra or {}).get("enable_hr") in (False, None)
     for name, value in (extra or {}).items():
+        if hires_off and name.startswith("hr_"):
+            continue  # A1111 reads the hires fields only with enable_hr (webuiapi sends hr_upscaler "Latent")
         allowed = UNSUPPORTED_DEFAULTS.get(name)
         if allowed is not None and not any(value == a and type(value) is type(a) or (value is None and a is None)
                                            or (isinstance(a, (int, float)) and not isinstance(a, bool)
@@ -108,8 +108,13 @@ class Txt2ImgBody(_Lenient):
     height: Int | None = None
     batch_size: Int = 1
     n_iter: Int = Field(1, description="Batch count")
+    styles: list[Text] | None = Field(None, description="Style names from styles.csv (GET /sdapi/v1/prompt-styles), "
+                                                         "applied in order to the prompt and negative prompt")
+    script_name: str | None = Field(None, description="'x/y/z plot' (GET /sdapi/v1/scripts); empty: no script")
+    script_args: list[Any] = Field(default_factory=list, description="The script's arguments, as A1111's x/y/z plot "
+                                   "takes them: x_type, x_values, x_values_dropdown, y_type, ...")
     override_settings: dict[str, Any] | None = Field(
-        None, description="Per-request options: sd_model_checkpoint, CLIP_stop_at_last_layers")
+        None, description="Per-request options: sd_model_checkpoint, sd_vae, CLIP_stop_at_last_layers")
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = False
@@ -145,6 +150,17 @@ class SdModelItem(BaseModel):
     sha256: str | None
     filename: str
     config: str | None = None
+
+
+class SdVaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
 
 
 class SamplerItem(BaseModel):

@@ -112,6 +112,16 @@ class SdApi:
             raise ApiError(field, str(exc)) from None
         return ref
 
+    def _check_vae(self, choice: Any, field: str) -> str:
+        from lora_ui.engine.vae import VaeError
+
+        if not isinstance(choice, str) or not choice.strip():
+            raise ApiError(field, f"must be Automatic, None or a VAE name (GET /sdapi/v1/sd-vae), got {choice!r}")
+        try:
+            return self.ctx.models.vaes.check_choice(choice.strip())
+        except VaeError as exc:
+            raise ApiError(field, str(exc)) from None
+
     def _is_current_checkpoint(self, ref: str) -> bool:
         current = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
         if current is None:
@@ -143,6 +153,14 @@ class SdApi:
 
         limits = self.limits
         errors: list[ApiError] = []
+        if body.styles:  # A1111: the styles expand the prompt first; everything below sees the result
+            from lora_ui.styles import StyleError, for_context
+
+            try:
+                prompt, negative = for_context(self.ctx).apply(body.prompt, body.negative_prompt, body.styles)
+            except StyleError as exc:
+                raise ApiError("styles", f"{exc} (GET /sdapi/v1/prompt-styles)") from None
+            body = body.model_copy(update={"prompt": prompt, "negative_prompt": negative})
 
         def int_range(field: str, value: int | None, low: int, high: int) -> None:
             if value is not None and not low <= value <= high:
@@ -208,9 +226,15 @@ class SdApi:
                 checkpoint = None if self._is_current_checkpoint(ref) else ref
             except ApiError as exc:
                 errors.append(exc)
+        vae = None
+        if "sd_vae" in overrides:
+            try:
+                vae = self._check_vae(overrides["sd_vae"], "override_settings.sd_vae")
+            except ApiError as exc:
+                errors.append(exc)
         if errors:
             raise ApiErrors(errors)
-        request = Txt2ImgRequest(
+        request = Txt2ImgRequest(vae=vae,
             prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, scheduler=scheduler,
             steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
             batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
@@ -220,6 +244,8 @@ class SdApi:
 
     # ------------------------------------------------------------------ txt2img
     def txt2img(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
+        if body.script_name and body.script_name.strip():
+            return self.xyz(body, watch)
         req, checkpoint, _ = self.build_request(body)
         restore = body.override_settings_restore_afterwards
 
@@ -264,7 +290,7 @@ class SdApi:
             "sd_model_hash": model.short_hash,
             "index_of_first_image": 0,
             "infotexts": list(result.infotexts),
-            "styles": [],
+            "styles": list(body.styles or []),
             "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
             "extra_generation_params": {},
             "loras": [{"name": s.name, "te": s.te, "unet": s.unet} for s in result.loras],
@@ -274,6 +300,92 @@ class SdApi:
         }
         return {"images": images if body.send_images else [],
                 "parameters": body.model_dump(exclude=set(body.model_extra or ())), "info": json.dumps(info)}
+
+    # ------------------------------------------------------------------ scripts: X/Y/Z plot
+    def xyz(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
+        """A1111's `script_name: "x/y/z plot"` with its positional `script_args`. Images: the grid, the
+        Z sub-grids (with a Z axis), then every cell; info.infotexts match them one to one."""
+        from lora_ui import xyz
+
+        if body.script_name.strip().lower() not in SCRIPTS:
+            raise ApiError("script_name", f"unknown script {body.script_name!r}; available: {', '.join(SCRIPTS)} "
+                                          "(GET /sdapi/v1/scripts)")
+        req, checkpoint, _ = self.build_request(body)
+        if checkpoint is not None:
+            raise ApiError("override_settings.sd_model_checkpoint", "the X/Y/Z plot renders with the loaded model "
+                           "(or its Checkpoint name axis); switch first with POST /sdapi/v1/options")
+        args = list(body.script_args) + list(XYZ_ARG_DEFAULTS[len(body.script_args):])
+        for index, name in XYZ_FIXED_ARGS.items():
+            if bool(args[index]):
+                raise ApiError("script_args", f"x/y/z plot argument {index} ({name}) is not supported by LoRA UI; "
+                                              "send false")
+        csv_mode = bool(args[17])
+        axes = []
+        for letter, start in (("x", 0), ("y", 3), ("z", 6)):
+            kind, text, dropdown = args[start], args[start + 1], args[start + 2]
+            try:
+                axis_type = xyz.find_axis(kind if kind is not None else 0)
+            except xyz.XyzError as exc:
+                raise ApiError("script_args", f"{letter}_type: {exc}") from None
+            use_dropdown = axis_type.choices is not None and not csv_mode and isinstance(dropdown, list) and dropdown
+            axes.append(xyz.Axis(axis_type.label, list(dropdown) if use_dropdown else str(text or "")))
+        try:
+            plan = xyz.plan_xyz(xyz.XyzEnv(self.ctx), _single(req), axes)
+        except xyz.XyzError as exc:
+            raise ApiError("script_args", str(exc)) from None
+        model = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
+        for cell in plan.cells.values():  # every cell within the limits before anything renders
+            for exc in self.limits.request_errors(
+                    prompt=cell.req.prompt, negative_prompt=cell.req.negative_prompt, steps=cell.req.steps,
+                    width=cell.req.width, height=cell.req.height, batch_size=1, batch_count=1,
+                    default_size=getattr(model, "default_size", None)):
+                raise ApiError("script_args", f"a cell of the plot asks for {exc.field} beyond the limits: "
+                                              f"{exc.message}")
+        started = time.time()
+        future = self.ctx.worker.submit(lambda session: xyz.run_xyz(session, plan), kind="xyz", job_count=plan.renders)
+        if watch is not None:
+            watch.add(future, self.ctx.worker)
+        try:
+            result = _await_render(future)
+        except xyz.XyzError as exc:
+            raise ApiError("script_args", str(exc)) from None
+        images = [(result.grid, result.infotext)]
+        if len(result.grids) > 1:
+            images += [(g, result.infotext) for g in result.grids]
+        for z, plane in enumerate(result.images):
+            for y, row in enumerate(plane):
+                for x, image in enumerate(row):
+                    images.append((image, result.infotexts[z][y][x]))
+        infotexts = [text for _, text in images]
+        info = {
+            "prompt": req.prompt, "negative_prompt": req.negative_prompt, "seed": result.seed,
+            "all_seeds": [result.seed] * len(images), "infotexts": infotexts, "styles": list(body.styles or []),
+            "sampler_name": req.sampler, "steps": req.steps, "cfg_scale": req.cfg_scale,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)), "index_of_first_image": 1,
+            "xyz": {"labels": {"x": result.labels[0], "y": result.labels[1], "z": result.labels[2]},
+                    "renders": result.renders, "missing": [list(m) for m in result.missing]},
+            "warnings": list(result.warnings), "interrupted": result.interrupted,
+        }
+        return {"images": [_png_base64(i, t) for i, t in images] if body.send_images else [],
+                "parameters": body.model_dump(exclude=set(body.model_extra or ())), "info": json.dumps(info)}
+
+    def scripts(self) -> dict[str, list[str]]:
+        return {"txt2img": list(SCRIPTS), "img2img": []}
+
+    def script_info(self) -> list[dict[str, Any]]:
+        from lora_ui import xyz
+
+        names = [a.label for a in xyz.AXES]
+        args = []
+        for letter in "XYZ":
+            args += [{"label": f"{letter} type", "value": 0, "choices": names},
+                     {"label": f"{letter} values", "value": ""},
+                     {"label": f"{letter} values (dropdown)", "value": []}]
+        args += [{"label": label, "value": value} for label, value in
+                 zip(["Draw legend", "Include Sub Images", "Include Sub Grids", "Keep -1 for seeds",
+                      "Vary seeds for X", "Vary seeds for Y", "Vary seeds for Z", "Grid margins (px)",
+                      "Use text inputs instead of dropdowns"], XYZ_ARG_DEFAULTS[9:])]
+        return [{"name": "x/y/z plot", "is_alwayson": False, "is_img2img": False, "args": args}]
 
     # ------------------------------------------------------------------ compare / sweep
     def compare(self, body: m.CompareBody) -> dict[str, Any]:
@@ -361,6 +473,7 @@ class SdApi:
         outputs = getattr(self.ctx.worker, "outputs_dir", None)
         return {
             "sd_model_checkpoint": current.title if current is not None else None,
+            "sd_vae": self.ctx.models.vaes.selection,
             "sd_checkpoint_hash": current.short_hash if current is not None else None,
             "CLIP_stop_at_last_layers": self.clip_skip,
             "samples_save": True,
@@ -377,8 +490,13 @@ class SdApi:
         ref = None
         if "sd_model_checkpoint" in body:
             ref = self._check_checkpoint(body["sd_model_checkpoint"], "sd_model_checkpoint")
+        vae = self._check_vae(body["sd_vae"], "sd_vae") if "sd_vae" in body else None
         if clip is not None:
             self.clip_skip = clip
+        if vae is not None:
+            self.ctx.models.vaes.selection = vae
+            if getattr(self.ctx, "settings", None) is not None and hasattr(self.ctx.settings, "sd_vae"):
+                self.ctx.settings.sd_vae = vae
         if ref is not None and not self._is_current_checkpoint(ref):
             from lora_ui.engine.checkpoints import CheckpointError
 
@@ -386,8 +504,27 @@ class SdApi:
                 self.ctx.worker.switch_model(ref).result()
             except CheckpointError as exc:
                 raise ApiError("sd_model_checkpoint", str(exc)) from None
-        known = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
+        known = {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"}
         return {"updated": sorted(k for k in body if k in known), "ignored": sorted(k for k in body if k not in known)}
+
+    def sd_vae(self) -> list[dict[str, Any]]:
+        return [{"model_name": v.name, "filename": str(v.path)} for v in self.ctx.models.vaes.list()]
+
+    def embeddings(self) -> dict[str, Any]:
+        """A1111's shape: loaded/skipped for the current model, each {step, sd_checkpoint, ..., shape, vectors}."""
+        library = self.ctx.models.embeddings
+        model = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
+        if model is None or getattr(model, "pipe", None) is None:
+            return {"loaded": {}, "skipped": {n: e.info() for n, e in library.entries.items()}}
+        loaded, skipped = library.split(model)
+        return {"loaded": {n: e.info() for n, e in loaded.items()},
+                "skipped": {n: {**e.info(), "reason": reason} for n, (e, reason) in skipped.items()}}
+
+    def prompt_styles(self) -> list[dict[str, Any]]:
+        from lora_ui.styles import for_context
+
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in for_context(self.ctx).styles()]
 
     def progress(self, skip_current_image: bool) -> dict[str, Any]:
         state = self.ctx.worker.progress(with_preview=not skip_current_image)
@@ -454,7 +591,14 @@ SAMPLING_OVERRIDES = {"eta_noise_seed_delta": "ensd", "randn_source": "rng", "si
                       "s_tmin": "s_tmin", "s_tmax": "s_tmax", "s_noise": "s_noise"}
 
 
-PER_REQUEST_OPTIONS = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers", "eta_ddim", *SAMPLING_OVERRIDES})
+PER_REQUEST_OPTIONS = frozenset({"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "eta_ddim",
+                                 *SAMPLING_OVERRIDES})
+
+SCRIPTS = ("x/y/z plot",)
+# A1111's x/y/z plot script_args after the three axes: draw_legend, include_lone_images, include_sub_grids,
+# no_fixed_seeds, vary_seeds_x/y/z, margin_size, csv_mode
+XYZ_ARG_DEFAULTS = (0, "", [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False)
+XYZ_FIXED_ARGS = {12: "Keep -1 for seeds", 13: "Vary seeds for X", 14: "Vary seeds for Y", 15: "Vary seeds for Z"}
 
 
 def sampling_fields(body: m.Txt2ImgBody, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -519,6 +663,7 @@ def _request_errors_as_422():
     become 422 naming the field; anything else stays an exception (500)."""
     from lora_ui.engine.checkpoints import CheckpointError
     from lora_ui.engine.txt2img import RequestError
+    from lora_ui.engine.vae import VaeError
     from lora_ui.lora.spec import LoraError
 
     try:
@@ -529,6 +674,8 @@ def _request_errors_as_422():
         raise ApiError("prompt", str(exc)) from None
     except CheckpointError as exc:
         raise ApiError("override_settings.sd_model_checkpoint", str(exc)) from None
+    except VaeError as exc:
+        raise ApiError("override_settings.sd_vae", str(exc)) from None
 
 
 def _await_render(future: Any) -> Any:
@@ -701,7 +848,41 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
 
     @router.post("/refresh-checkpoints", tags=a1111)
     def refresh_checkpoints():
-        return None  # checkpoint folders are listed live on every GET /sd-models
+        return None  # checkpoint folders are listed live on every GET /sd-models (and the UI's picker)
+
+    @router.get("/sd-vae", response_model=list[m.SdVaeItem], tags=a1111)
+    def sd_vae():
+        """VAE files in models/VAE (--vae-dir); choose one with POST /options {"sd_vae": name} or per
+        request with override_settings.sd_vae ("Automatic", "None" or a name)."""
+        return api.sd_vae()
+
+    @router.post("/refresh-vae", tags=a1111)
+    def refresh_vae():
+        ctx.models.vaes.refresh()
+        return None
+
+    @router.get("/embeddings", tags=a1111)
+    def embeddings():
+        """Textual-inversion embeddings: loaded (fit the current model) and skipped (with the reason)."""
+        return api.embeddings()
+
+    @router.post("/refresh-embeddings", tags=a1111)
+    def refresh_embeddings():
+        ctx.models.embeddings.refresh()
+        return None
+
+    @router.get("/prompt-styles", response_model=list[m.PromptStyleItem], tags=a1111)
+    def prompt_styles():
+        """Styles from styles.csv in the data dir; apply with the txt2img `styles` field."""
+        return api.prompt_styles()
+
+    @router.get("/scripts", tags=a1111)
+    def scripts():
+        return api.scripts()
+
+    @router.get("/script-info", tags=a1111)
+    def script_info():
+        return api.script_info()
 
     @router.get("/options", tags=a1111)
     def get_options():
@@ -753,14 +934,10 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
         return api.memory()
 
     # Listings A1111 clients read at start-up; this app has none of these, so they are empty.
-    empty_lists = ("sd-vae", "prompt-styles", "upscalers", "latent-upscale-modes", "hypernetworks", "face-restorers")
+    empty_lists = ("upscalers", "latent-upscale-modes", "hypernetworks", "face-restorers")
     for path in empty_lists:
         router.add_api_route(f"/{path}", lambda: [], methods=["GET"], tags=a1111, name=path,
                              summary="Always empty here (A1111 clients read it at start-up)")
-
-    @router.get("/embeddings", tags=a1111)
-    def embeddings():
-        return {"loaded": {}, "skipped": {}}
 
     @router.post("/img2img", tags=a1111, status_code=501)
     def img2img():

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,12 @@ class LoadedModel:
     # the checkpoint's own scheduler config: every request's sampler is built from it, so one request's
     # schedule options (e.g. SGM Uniform's timestep spacing) never leak into the next
     scheduler_config: dict | None = field(default=None, repr=False)
+    # the checkpoint's own VAE (engine/vae.py swaps pipe.vae for a VAE file and back) and the VAE file in
+    # use (None: the checkpoint's own); infotext "VAE" / "VAE hash" follow it
+    base_vae: Any = field(default=None, repr=False)
+    vae_path: Path | None = None
+    # textual-inversion embeddings (lora_ui.textual_inversion.EmbeddingLibrary) the prompt encoder may use
+    embeddings: Any = field(default=None, repr=False)
     _short_hash: str | None = field(default=None, repr=False)
 
     @property
@@ -148,6 +155,16 @@ class LoadedModel:
     @property
     def sha256_short(self) -> str | None:  # name used in docs/ARCHITECTURE.md
         return self.short_hash
+
+    @property
+    def vae_name(self) -> str | None:
+        """A1111's infotext "VAE": the VAE file's name (None with the checkpoint's own VAE)."""
+        return self.vae_path.name if self.vae_path is not None else None
+
+    @property
+    def vae_hash(self) -> str | None:
+        """A1111's infotext "VAE hash": sha256 of the VAE file, first 10 hex."""
+        return sha256_of(self.vae_path)[:10] if self.vae_path is not None else None
 
     @property
     def filename(self) -> str:
@@ -296,7 +313,7 @@ def _finish(pipe, *, arch, name, path, choice, kind) -> LoadedModel:
             module.eval()
     return LoadedModel(pipe=pipe, arch=arch, name=name, path=path, default_size=_default_size(pipe),
                        dtype=choice.dtype, device=choice.device, kind=kind,
-                       scheduler_config=dict(pipe.scheduler.config))
+                       scheduler_config=dict(pipe.scheduler.config), base_vae=pipe.vae)
 
 
 def load_folder(path: Path, choice: devices.DeviceChoice) -> LoadedModel:
@@ -409,8 +426,14 @@ class ModelManager:
     """Owns the current `LoadedModel`; `load`/`switch` never leave a half-loaded state.
 
     Reads from `settings` (duck-typed, all optional): ckpt, ckpt_dirs, device, precision, no_half,
-    allow_pickle, demo_model_dir. Listeners registered with `on_switch(fn)` are called with the new
-    LoadedModel after a successful switch (the worker rebuilds its LoraManager there).
+    allow_pickle, demo_model_dir, checkpoint_cache, vae_dirs, sd_vae, embeddings_dirs. Listeners
+    registered with `on_switch(fn)` are called with the new LoadedModel after a successful switch
+    (the worker rebuilds its LoraManager there).
+
+    Loaded checkpoints are kept in an LRU cache of `checkpoint_cache` models (A1111's
+    sd_checkpoints_limit, default 1: only the current one): switching back to a cached one reuses it
+    without reading the file. `vaes` (engine/vae.VaeManager) and `embeddings`
+    (textual_inversion.EmbeddingLibrary) hang off the manager; every loaded model gets `embeddings`.
     """
 
     def __init__(self, settings=None, *, device_choice: devices.DeviceChoice | None = None):
@@ -419,6 +442,47 @@ class ModelManager:
         self._current: LoadedModel | None = None
         self._lock = threading.RLock()
         self._listeners: list = []
+        self._cache: "OrderedDict[str, LoadedModel]" = OrderedDict()  # key -> model, least recently used first
+        self._vaes = None
+        self._embeddings = None
+
+    @property
+    def cache_size(self) -> int:
+        value = self._opt("checkpoint_cache", 1)
+        return max(1, int(value)) if isinstance(value, int) and not isinstance(value, bool) else 1
+
+    @property
+    def vaes(self):
+        """The VAE choices (models/VAE, sd_vae); built on first use."""
+        if self._vaes is None:
+            from .vae import VaeManager
+
+            data_dir = self._opt("data_dir", REPO_ROOT)
+            dirs = self._opt("vae_dirs", None) or [Path(data_dir) / "models" / "VAE"]
+            self._vaes = VaeManager(dirs, allow_pickle=bool(self._opt("allow_pickle", False)),
+                                    selection=self._opt("sd_vae", None) or "Automatic")
+        return self._vaes
+
+    @property
+    def embeddings(self):
+        """Textual-inversion embeddings (<data-dir>/embeddings or --embeddings-dir); scanned on first use."""
+        if self._embeddings is None:
+            from lora_ui.textual_inversion import EmbeddingLibrary
+
+            data_dir = self._opt("data_dir", REPO_ROOT)
+            dirs = self._opt("embeddings_dirs", None) or [Path(data_dir) / "embeddings"]
+            self._embeddings = EmbeddingLibrary(dirs, allow_pickle=bool(self._opt("allow_pickle", False)))
+            self._embeddings.refresh()
+        return self._embeddings
+
+    def cached(self) -> list[LoadedModel]:
+        """Models in the LRU cache, least recently used first (the current one is last)."""
+        with self._lock:
+            return list(self._cache.values())
+
+    @staticmethod
+    def _cache_key(path: Path | None) -> str:
+        return str(path.resolve()) if path is not None else "<default>"
 
     # settings access, tolerant of partial settings objects
     def _opt(self, name: str, default):
@@ -529,15 +593,32 @@ class ModelManager:
         return build_tiny_default(choice)
 
     def switch(self, ref=None, *, config_dir: Path | None = None) -> LoadedModel:
-        """Load `ref`, make it current and free the old pipeline. On failure the old model stays."""
+        """Load `ref` (or take it from the checkpoint cache), make it current and free what falls out of
+        the cache (`checkpoint_cache` models are kept, the current one included). On failure the old
+        model stays."""
         with self._lock:
-            new = self.load(ref, config_dir=config_dir)
+            key = self._cache_key(self.resolve(ref)) if config_dir is None else None
+            new = self._cache.get(key) if key is not None else None
+            if new is not None and new.pipe is not None:
+                log.info("Model %s taken from the checkpoint cache", new.name)
+            else:
+                new = self.load(ref, config_dir=config_dir)
+                new.embeddings = self.embeddings
+                key = self._cache_key(new.path) if config_dir is None else f"<config {config_dir}> {new.path}"
             old, self._current = self._current, new
-            if old is not None:
-                old_device = old.device
-                old.pipe = None
-                del old
-                devices.free_memory(old_device)
+            if old is not None and old is not new and old not in self._cache.values():
+                self._cache[f"<installed {id(old)}>"] = old
+            self._cache[key] = new
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                _, evicted = self._cache.popitem(last=False)
+                if evicted is new:
+                    continue
+                evicted_device = evicted.device
+                evicted.pipe = None
+                evicted.base_vae = None
+                del evicted
+                devices.free_memory(evicted_device)
             log.info("Model loaded: %s (%s, %s, %s)", new.name, new.arch, new.dtype, new.device)
         for listener in list(self._listeners):
             listener(new)
@@ -547,3 +628,8 @@ class ModelManager:
         """Install an already-built model (tests, benches)."""
         with self._lock:
             self._current = model
+            # keyed by identity: a model built elsewhere (maybe with other configs) is never what a
+            # switch to its path asks for
+            key = f"<installed {id(model)}>"
+            self._cache[key] = model
+            self._cache.move_to_end(key)

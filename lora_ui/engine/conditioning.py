@@ -26,7 +26,10 @@ A prompt with no emphasis, no BREAK and at most 75 tokens gives exactly what dif
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
 
 import torch
 
@@ -109,16 +112,78 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     return [(t, float(w)) for t, w in res]
 
 
+# ------------------------------------------------------------------------------------------------
+# Token substitution hook (textual-inversion embeddings, A1111's EmbeddingsWithFixes)
+# ------------------------------------------------------------------------------------------------
+
+class TokenSubstitution(Protocol):
+    """What tokenize_chunks/encoding ask while a hook is active (lora_ui.textual_inversion implements it)."""
+
+    def find(self, tokenizer, tokens: list[int], position: int) -> "tuple[Any, int, int] | None":
+        """(key, tokens it spans from `position`, vectors it takes in the chunk) or None."""
+
+    def vectors(self, key: Any, text_encoder) -> torch.Tensor:
+        """The (n, D) vectors of `key` for this text encoder."""
+
+
+_SUBSTITUTION: ContextVar["TokenSubstitution | None"] = ContextVar("lora_ui_token_substitution", default=None)
+
+
+@contextmanager
+def token_substitution(hook: "TokenSubstitution | None") -> Iterator[None]:
+    """Encode with `hook` active (None: plain encoding) for the code run inside the `with`."""
+    token = _SUBSTITUTION.set(hook)
+    try:
+        yield
+    finally:
+        _SUBSTITUTION.reset(token)
+
+
+@contextmanager
+def _fixed_embeddings(text_encoder, batch_fixes: list[list[tuple[int, Any]]]) -> Iterator[None]:
+    """While encoding one chunk batch: row r's token embeddings from position offset+1 (after BOS) are
+    the hook's vectors (A1111's EmbeddingsWithFixes). No fixes: nothing is patched."""
+    hook = _SUBSTITUTION.get()
+    if hook is None or not any(batch_fixes):
+        yield
+        return
+    table = text_encoder.get_input_embeddings()
+    had_own = "forward" in table.__dict__
+    previous = table.forward
+
+    def forward(ids):
+        out = previous(ids).clone()
+        for row, fixes in enumerate(batch_fixes):
+            for offset, key in fixes:
+                vec = hook.vectors(key, text_encoder).to(out.device, out.dtype)
+                n = max(0, min(vec.shape[0], out.shape[1] - offset - 1))
+                out[row, offset + 1:offset + 1 + n] = vec[:n]
+        return out
+
+    table.forward = forward
+    try:
+        yield
+    finally:
+        if had_own:
+            table.forward = previous
+        else:
+            table.__dict__.pop("forward", None)
+
+
 @dataclass
 class PromptChunk:
-    """77 token ids ([BOS] + 75 + [EOS]) and their 77 weights."""
+    """77 token ids ([BOS] + 75 + [EOS]) and their 77 weights; fixes: (offset after BOS, embedding key)
+    of embeddings placed in this chunk (their positions hold token 0 as placeholders, as in A1111)."""
 
     tokens: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, Any]] = field(default_factory=list)
 
 
 def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
-    """Prompt -> chunks of 77 ids and weights, exactly as A1111's tokenize_line (no embeddings)."""
+    """Prompt -> chunks of 77 ids and weights, exactly as A1111's tokenize_line (with the embeddings of
+    an active token_substitution hook: an embedding never straddles two chunks)."""
+    hook = _SUBSTITUTION.get()
     parsed = parse_prompt_attention(prompt)
     texts = [t for t, _ in parsed]
     ids_per_segment = tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
@@ -145,7 +210,9 @@ def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
         if (text, weight) == BREAK_MARK:
             next_chunk()
             continue
-        for token in ids:
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             if token == comma:
                 last_comma = len(chunk.tokens)
             elif (len(chunk.tokens) == CHUNK_LENGTH and last_comma != -1
@@ -157,8 +224,19 @@ def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
                 chunk.tokens, chunk.multipliers = moved_tokens, moved_mults
             if len(chunk.tokens) == CHUNK_LENGTH:
                 next_chunk()
-            chunk.tokens.append(token)
-            chunk.multipliers.append(weight)
+            found = hook.find(tokenizer, ids, position) if hook is not None else None
+            if found is None:
+                chunk.tokens.append(token)
+                chunk.multipliers.append(weight)
+                position += 1
+                continue
+            key, span, vectors = found
+            if len(chunk.tokens) + vectors > CHUNK_LENGTH:
+                next_chunk()
+            chunk.fixes.append((len(chunk.tokens), key))
+            chunk.tokens += [0] * vectors
+            chunk.multipliers += [weight] * vectors
+            position += span
     if chunk.tokens or not chunks:
         next_chunk()
     return chunks
@@ -226,7 +304,8 @@ def encode_texts_with_encoder(text_encoder, tokenizer, texts: list[str], *, hidd
         batch = [chunks[i] if i < len(chunks) else empty for chunks in per_text]
         ids = torch.tensor([_pad_after_eos(c.tokens, tokenizer, pad_id) for c in batch], dtype=torch.long,
                            device=device)
-        z, chunk_pooled = _encode_chunk(text_encoder, ids, hidden_index=hidden_index, final_norm=final_norm)
+        with _fixed_embeddings(text_encoder, [c.fixes for c in batch]):
+            z, chunk_pooled = _encode_chunk(text_encoder, ids, hidden_index=hidden_index, final_norm=final_norm)
         mults = torch.tensor([c.multipliers for c in batch], device=device)
         zs.append(apply_emphasis(z, mults, counts).to(dtype))
         if i == 0:

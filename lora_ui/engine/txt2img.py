@@ -95,6 +95,7 @@ class Txt2ImgRequest:
     batch_count: int = 1
     clip_skip: int = 1
     save_images: bool = True
+    vae: str | None = None                 # "Automatic", "None" or a VAE file name; None: the app's sd_vae
 
 
 @dataclass
@@ -296,7 +297,7 @@ def _variation_params(req: Txt2ImgRequest, subseed: int) -> dict[str, Any]:
 
 
 def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width: int, height: int,
-                   lora_hashes: dict[str, str], plan: registry.Plan) -> str:
+                   lora_hashes: dict[str, str], plan: registry.Plan, ti_hashes: str | None = None) -> str:
     """A1111's infotext: its keys, order and rules for what is written (docs/sampling.md)."""
     from lora_ui.infotext import create_infotext
 
@@ -313,12 +314,15 @@ def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width
         "Size": f"{width}x{height}",
         "Model hash": model.short_hash,
         "Model": model.name,
+        "VAE hash": getattr(model, "vae_hash", None),   # A1111: only when a VAE file is loaded
+        "VAE": getattr(model, "vae_name", None),
         **_variation_params(req, subseed),
         "Clip skip": int(req.clip_skip) if int(req.clip_skip) > 1 else None,
         "ENSD": int(req.ensd) if req.ensd and spec.uses_ensd and eta_written else None,
         "RNG": req.rng if req.rng != "GPU" else None,
         **extra,
         "Lora hashes": lora_hashes or None,
+        "TI hashes": ti_hashes or None,
         "Version": VERSION,
     }
     return create_infotext(req.prompt, req.negative_prompt, params)
@@ -455,15 +459,23 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     shape = latent_shape(pipe, width, height)
     out_folder = outputs_folder(outputs_dir)
     result = Txt2ImgResult(warnings=warnings, loras=specs)
+    # textual-inversion embeddings named in the prompts (lora_ui/textual_inversion.py), through the
+    # prompt encoder's token-substitution hook
+    library_ti = getattr(model, "embeddings", None)
+    ti = library_ti.substitution(model) if library_ti is not None else None
+    if ti is not None:
+        result.warnings += ti.warnings_for(text, negative_text)
 
     for iteration in range(int(req.batch_count)):
         seeds, subseeds = seeds_for(req, base_seed, base_subseed, iteration)
-        conds = conditioning.encode_step_conds(pipe, model.arch, [text] * len(seeds), negative_text,
-                                               prompt_steps(plan), clip_skip=int(req.clip_skip))
+        with conditioning.token_substitution(ti):
+            conds = conditioning.encode_step_conds(pipe, model.arch, [text] * len(seeds), negative_text,
+                                                   prompt_steps(plan), clip_skip=int(req.clip_skip))
+        ti_hashes = ti.infotext_hashes() if ti is not None else None
         rng = make_rng(model, req, seeds, subseeds, shape, plan)
         sampled = _sample(model, req, conds, rng, width, height, loras, on_step)
         finish_images(model, req, sampled.latents, seeds, subseeds, width, height, lora_hashes, plan,
-                      out_folder, result)
+                      out_folder, result, ti_hashes=ti_hashes)
         if sampled.interrupted:
             result.interrupted = True
             break
@@ -472,14 +484,14 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
 
 
 def finish_images(model, req, latents, seeds, subseeds, width, height, lora_hashes, plan, out_folder,
-                  result: Txt2ImgResult) -> None:
+                  result: Txt2ImgResult, ti_hashes: str | None = None) -> None:
     """Decode (image by image), write the infotexts, save the PNGs, and append all of it to `result`."""
     if not torch.isfinite(latents).all():
         result.warnings.append("the sampler produced non-finite values (NaN/Inf): the image is black; "
                                "lower the LoRA weights or the CFG scale")
     for seed, subseed, image in zip(seeds, subseeds, decode_to_images(model.pipe, latents)):
         info = build_infotext(model, req, seed=seed, subseed=subseed, width=width, height=height,
-                              lora_hashes=lora_hashes, plan=plan)
+                              lora_hashes=lora_hashes, plan=plan, ti_hashes=ti_hashes)
         result.images.append(image)
         result.infotexts.append(info)
         result.seeds.append(seed)

@@ -148,6 +148,7 @@ class WorkerSession:
         `interrupt()` ends it and runs no further iterations.
         """
         _, warnings = self.set_loras_for_prompt(req.prompt)
+        self._worker._apply_vae(self.model, getattr(req, "vae", None))
         seed = req.seed if req.seed is not None and req.seed >= 0 else random.randint(0, MAX_SEED)
         results: list = []
         for n in range(max(1, req.batch_count)):
@@ -181,6 +182,39 @@ class WorkerSession:
         self.loras = self._worker._current_loras()
         return self.model
 
+    def switch_keeping_loras(self, ref: str | None, prompt: str = "") -> "SwitchReport":
+        """Switch checkpoints and bring the prompt's LoRAs onto the new model at once: one message per
+        LoRA that does not fit it (no key matches, a shape error) so the user knows before rendering."""
+        from lora_ui.prompt import extract_lora_tags
+
+        model = self.switch_model(ref)
+        report = SwitchReport(model)
+        _, tags, _ = extract_lora_tags(prompt or "")
+        if not tags or self.library is None:
+            return report
+        specs, warnings = self.library.specs_for(tags)
+        report.messages += list(warnings)
+        fitting = []
+        for spec in specs:
+            try:
+                applied = self.loras.set_loras([spec])
+            except Exception as exc:  # noqa: BLE001 - LoraError or a shape error: this LoRA does not fit
+                report.messages.append(f"LoRA '{spec.name}' does not fit {model.name} ({model.arch.upper()}): {exc}")
+                continue
+            one = applied.loras[0] if getattr(applied, "loras", None) else None
+            if one is not None and one.matched_keys == 0:
+                report.messages.append(f"LoRA '{spec.name}' does not fit {model.name} ({model.arch.upper()}): "
+                                       "none of its keys match a layer of this model; it has no effect")
+                continue
+            fitting.append(spec)
+            report.kept.append(spec.name)
+        try:
+            self.loras.set_loras(fitting) if fitting else self.loras.clear()
+        except Exception as exc:  # noqa: BLE001
+            report.messages.append(f"the LoRAs could not be applied together: {exc}")
+            self.loras.clear()
+        return report
+
     def _on_step(self, step: int, total: int, latents: Any = None) -> None:
         """Called by txt2img.generate after each denoising step; raising stops the sampling."""
         from lora_ui.engine.txt2img import GenerationInterrupted
@@ -211,6 +245,15 @@ def specs_for_prompt(library: "LoraLibrary | None", prompt: str) -> tuple[list, 
             specs, spec_warnings = library.specs_for(tags)
             warnings = [*warnings, *spec_warnings]
     return list(specs), list(warnings)
+
+
+@dataclass
+class SwitchReport:
+    """A checkpoint switch: the new model, the prompt's LoRAs kept on it, a message per one that does not fit."""
+
+    model: "LoadedModel"
+    kept: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
 
 
 def _merge_results(results: list, warnings: list[str]) -> "Txt2ImgResult":
@@ -253,6 +296,7 @@ class Worker:
         generate: "Callable[..., Txt2ImgResult] | None" = None,
         name: str = "lora-ui-worker",
         batching: BatchingConfig | None = None,
+        vae_manager: Any = None,
     ) -> None:
         self._model_provider = model if callable(model) else None
         self._model: LoadedModel | None = None if callable(model) else model
@@ -268,6 +312,7 @@ class Worker:
         self._batch_skipped = False
         self._request_progress: dict[str, tuple[int, int]] = {}
         self.batches_run: list[int] = []                    # requests per mixed batch, in order (stats)
+        self.vaes = vae_manager  # engine/vae.VaeManager or None (then the model's VAE is never changed)
 
         self._queue: queue.Queue[_QueuedJob | None] = queue.Queue()
         self._progress = ProgressTracker()
@@ -283,6 +328,7 @@ class Worker:
     @classmethod
     def for_model_manager(cls, models: Any, **kwargs: Any) -> "Worker":
         """The app's wiring: the worker renders `models.require()` and switches through `models.switch`."""
+        kwargs.setdefault("vae_manager", getattr(models, "vaes", None))
         return cls(models.require, switch_model=models.switch, **kwargs)
 
     # ---------------------------------------------------------------- public API (any thread)
@@ -315,6 +361,12 @@ class Worker:
         if self._switch_model is None:
             raise ValueError("this worker was built without a switch_model function; it cannot change models")
         return self.submit(lambda session: session.switch_model(ref), kind="switch_model")
+
+    def switch_checkpoint(self, ref: str | None, prompt: str = "") -> JobFuture["SwitchReport"]:
+        """Queue a checkpoint switch that keeps the prompt's LoRAs (see WorkerSession.switch_keeping_loras)."""
+        if self._switch_model is None:
+            raise ValueError("this worker was built without a switch_model function; it cannot change models")
+        return self.submit(lambda session: session.switch_keeping_loras(ref, prompt), kind="switch_model")
 
     def progress(self, with_preview: bool = True) -> ProgressState:
         return self._progress.snapshot(with_preview=with_preview)
@@ -582,6 +634,11 @@ class Worker:
         self._close_loras()
         self._loras = None  # a new pipeline: a fresh manager, no LoRAs applied
         return new_model
+
+    def _apply_vae(self, model: "LoadedModel", choice: str | None) -> None:
+        """Bring the model's VAE to `choice` (None: the VAE manager's current selection)."""
+        if self.vaes is not None and getattr(model, "pipe", None) is not None and hasattr(model, "base_vae"):
+            self.vaes.apply(model, choice)
 
     def _close_loras(self) -> None:
         """The old pipeline is going away: give its LoRA manager's pooled memory back now."""

@@ -12,6 +12,8 @@ from lora_ui import prompt as prompt_tags
 from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
 from lora_ui.ui.active_loras import build_active_loras
+from lora_ui.ui.basics import (ModelBarHandlers, build_embeddings_pane, build_model_bar, build_styles_row,
+                               build_xyz_panel, wire_checkpoint_switch)
 from lora_ui.ui.lora_browser import BrowserHandlers, ThumbnailCache, build_lora_browser
 from lora_ui.ui.pnginfo_tab import SEND_FIELDS, PngInfoHandlers, build_pnginfo_tab
 from lora_ui.ui.settings_tab import build_settings_tab
@@ -25,6 +27,8 @@ UI_CSS = """
 #txt2img_gallery img, #txt2img_preview img, #compare_slider img, #compare_without img, #compare_with img,
 #compare_sweep_grid img { image-rendering: pixelated; }
 #txt2img_preview img, #compare_without img, #compare_with img { width: 100%; height: 100%; object-fit: contain; }
+#quicksettings { align-items: end; }
+.model-bar-status { font-size: 12px; color: #6b7280; }
 """
 
 
@@ -48,6 +52,8 @@ def build_ui(ctx: Any) -> gr.Blocks:
     """The whole web UI for one AppContext. All per-user state lives in gr.State (per session)."""
     thumbs = ThumbnailCache()
     with gr.Blocks(title="LoRA UI", analytics_enabled=False) as demo:
+        bar_handlers = ModelBarHandlers(ctx)
+        model_bar = build_model_bar(ctx, bar_handlers)  # A1111's place: above every tab
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 browser_handlers = BrowserHandlers(ctx, thumbs)
@@ -56,10 +62,19 @@ def build_ui(ctx: Any) -> gr.Blocks:
                 def lora_panes(prompt: gr.Textbox, last_image: gr.State) -> None:
                     with gr.Accordion("Active LoRAs", open=True, elem_id="active_loras"):
                         build_active_loras(ctx, prompt)
-                    with gr.Accordion("LoRA", open=True, elem_id="lora_browser"):
-                        panes["browser"] = build_lora_browser(ctx, prompt, last_image, browser_handlers)
+                    # A1111's extra-networks place: a toggled area under the prompt, closed by default so
+                    # the settings and the output stay in view
+                    with gr.Accordion("Extra networks (LoRA, Textual Inversion)", open=False, elem_id="lora_browser"):
+                        with gr.Tabs(elem_id="extra_networks_tabs"):
+                            with gr.Tab("LoRA", id="extra_lora", elem_id="tab_extra_lora"):
+                                panes["browser"] = build_lora_browser(ctx, prompt, last_image, browser_handlers)
+                            with gr.Tab("Textual Inversion", id="extra_ti", elem_id="tab_extra_ti"):
+                                build_embeddings_pane(ctx, prompt)
 
                 t2i = build_txt2img_tab(ctx, lora_panes)
+                build_styles_row(ctx, t2i.prompt, t2i.negative)
+                build_xyz_panel(ctx, t2i)
+                wire_checkpoint_switch(model_bar, t2i.prompt, bar_handlers)
             compare = None
             with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
                 try:
