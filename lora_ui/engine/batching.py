@@ -112,6 +112,7 @@ class _Prepared:
     lengths: frozenset
     latents: torch.Tensor | None = None
     stopped: bool = False
+    ti_hashes: str | None = None
 
 
 def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, library=None,
@@ -123,7 +124,8 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
     Raises (for the whole batch) NotMixable / LoraError from building the mixed LoRAs."""
     from lora_ui.engine import conditioning
     from lora_ui.engine.sampling import registry
-    from lora_ui.engine.txt2img import RequestError, model_schedule, prompt_steps, sampling_options, seeds_for, validate
+    from lora_ui.engine.txt2img import (RequestError, embeddings_for, encode_conds, model_schedule, sampling_options,
+                                        seeds_for, validate)
     from lora_ui.prompt import extract_lora_tags
 
     pipe = model.pipe
@@ -155,6 +157,7 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
     plan = registry.plan(req0.sampler, req0.scheduler, int(req0.steps), model_schedule(model),
                          sampling_options(model, req0))
 
+    ti = embeddings_for(model)
     manager.clear()
     lora_set = MixedLoras(manager, [p.item.specs for p in prepared]) if mixed else None
     try:
@@ -165,15 +168,12 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
         with torch.no_grad():
             for s, p in enumerate(prepared):
                 negative, _, _ = extract_lora_tags(p.item.req.negative_prompt)
-                n = len(p.seeds)
-                encode = lambda: conditioning.encode_step_conds(  # noqa: E731
-                    pipe, model.arch, [p.text] * n, [negative] * n, prompt_steps(plan),
-                    clip_skip=int(p.item.req.clip_skip))
+                encode = lambda: encode_conds(model, p.item.req, p.text, negative, len(p.seeds), plan, ti)  # noqa: E731
                 if lora_set is not None:
                     with lora_set.uniform(s):
-                        p.conds = encode()
+                        p.conds, p.ti_hashes = encode()
                 else:
-                    p.conds = encode()
+                    p.conds, p.ti_hashes = encode()
                 p.lengths = frozenset(_cond_lengths(p.conds))
             # equal conditioning lengths sample together (one UNet call per denoiser call)
             partitions: dict[frozenset, list[int]] = {}
@@ -254,5 +254,5 @@ def _finish(model, p: _Prepared, plan, library, outputs_dir: Path | None):
     hashes = _lora_hashes(library, p.item.specs) if getattr(req, "add_lora_hashes", True) else {}
     result = Txt2ImgResult(warnings=list(p.item.warnings), loras=list(p.item.specs), interrupted=p.stopped)
     finish_images(model, req, p.latents, p.seeds, p.subseeds, p.width, p.height, hashes, plan,
-                  outputs_folder(outputs_dir), result)
+                  outputs_folder(outputs_dir), result, ti_hashes=p.ti_hashes)
     return result

@@ -354,6 +354,21 @@ def sampling_key(model, req: Txt2ImgRequest) -> tuple:
             int(req.seed_resize_from_w), int(req.seed_resize_from_h), int(req.ensd))
 
 
+def embeddings_for(model):
+    """The textual-inversion embeddings this model can use (lora_ui/textual_inversion.py), or None."""
+    library = getattr(model, "embeddings", None)
+    return library.substitution(model) if library is not None else None
+
+
+def encode_conds(model, req: Txt2ImgRequest, text: str, negative: str, n: int, plan: registry.Plan, ti):
+    """(per-call conditioning of n images, "TI hashes" infotext value or None): A1111's prompt encoder
+    with the prompts' textual-inversion embeddings substituted in."""
+    with conditioning.token_substitution(ti):
+        conds = conditioning.encode_step_conds(model.pipe, model.arch, [text] * n, negative, prompt_steps(plan),
+                                               clip_skip=int(req.clip_skip))
+    return conds, (ti.infotext_hashes() if ti is not None else None)
+
+
 def make_cfg_denoiser(model, req: Txt2ImgRequest, conds, width: int, height: int, unet=None) -> CFGDenoiser:
     """CFG over the model's UNet (or `unet`, a callable with the UNet's signature, e.g. the mixed-LoRA
     wrapper of a batch of requests) as A1111's k-diffusion denoiser: eps or v-prediction from the
@@ -459,19 +474,13 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     shape = latent_shape(pipe, width, height)
     out_folder = outputs_folder(outputs_dir)
     result = Txt2ImgResult(warnings=warnings, loras=specs)
-    # textual-inversion embeddings named in the prompts (lora_ui/textual_inversion.py), through the
-    # prompt encoder's token-substitution hook
-    library_ti = getattr(model, "embeddings", None)
-    ti = library_ti.substitution(model) if library_ti is not None else None
+    ti = embeddings_for(model)
     if ti is not None:
         result.warnings += ti.warnings_for(text, negative_text)
 
     for iteration in range(int(req.batch_count)):
         seeds, subseeds = seeds_for(req, base_seed, base_subseed, iteration)
-        with conditioning.token_substitution(ti):
-            conds = conditioning.encode_step_conds(pipe, model.arch, [text] * len(seeds), negative_text,
-                                                   prompt_steps(plan), clip_skip=int(req.clip_skip))
-        ti_hashes = ti.infotext_hashes() if ti is not None else None
+        conds, ti_hashes = encode_conds(model, req, text, negative_text, len(seeds), plan, ti)
         rng = make_rng(model, req, seeds, subseeds, shape, plan)
         sampled = _sample(model, req, conds, rng, width, height, loras, on_step)
         finish_images(model, req, sampled.latents, seeds, subseeds, width, height, lora_hashes, plan,
