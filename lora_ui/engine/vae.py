@@ -4,9 +4,11 @@ encode: A1111 (`images_tensor_to_samples` -> ldm `get_first_stage_encoding(encod
 `DiagonalGaussianDistribution.sample()` = mean + std * torch.randn(...) drawn from the process-global torch
 RNG with no generator, image by image when the batch has more than one; that global state is whatever the
 last `torch.manual_seed` of the process left, so it is not a function of the request and cannot be
-reproduced. We take the same posterior sample (not the mean) with the noise from a CPU torch generator
-seeded with the image's seed (diffusers `latent_dist.sample(generator)`): deterministic per image seed,
-same distribution as A1111, and an image never depends on its batch companions.
+reproduced (A1111's own img2img is not bit-reproducible across a restart for that reason). We take the
+posterior mean (diffusers `latent_dist.mode()`), i.e. A1111's value with that unknown draw at 0: exact
+and deterministic, and an image never depends on its batch companions. For SD's VAE the posterior std is
+small next to the latents (A1111's own run-to-run difference); for a VAE with a wide posterior (the 64 px
+demo model's std is ~1, as large as the latents) a sample would destroy the picture, the mean does not.
 decode: image by image, A1111's float -> uint8 truncation.
 """
 from __future__ import annotations
@@ -27,15 +29,15 @@ def images_to_tensor(images: Sequence) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_pixels(pipe, pixels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> latents (B, 4, H/8, W/8) * scaling_factor, one image at a time, each
-    a posterior sample with a CPU generator seeded seeds[i] (see the module doc)."""
+    """(B, 3, H, W) in [0, 1] -> latents (B, 4, H/8, W/8) * scaling_factor, one image at a time: the
+    posterior mean (see the module doc). `seeds` are accepted for a future seeded-sample option."""
     vae = pipe.vae
     factor = float(vae.config.scaling_factor)
     out = []
     for one, seed in zip(pixels, seeds):
         x = one[None].to(vae.device, vae.dtype) * 2 - 1
         dist = vae.encode(x).latent_dist
-        out.append(dist.sample(generator=torch.Generator("cpu").manual_seed(int(seed))) * factor)
+        out.append(dist.mode() * factor)
     return torch.cat(out).float()
 
 
