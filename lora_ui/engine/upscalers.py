@@ -242,3 +242,30 @@ def tiled(model, x, scale: int, tile: int, overlap: int):
             out[:, :, ys, xs] += piece
             weight[:, :, ys, xs] += 1
     return out / weight
+
+
+def extras_upscale(upscalers: Upscalers, image: Image.Image, name: str, scale: float,
+                   size: tuple[int, int] | None = None, crop: bool = True, max_size: int = 8192,
+                   device: Any = "cpu") -> tuple[Image.Image, dict[str, Any]]:
+    """A1111 Extras "Upscale" (postprocessing_upscale): by `scale`, or to `size` = (w, h) (scale =
+    max(w / W, h / H), then with `crop` centred onto a w x h canvas). -> (image, infotext items)."""
+    info: dict[str, Any] = {}
+    if size is not None:
+        scale = max(size[0] / image.width, size[1] / image.height)
+        info["Postprocess upscale to"] = f"{size[0]}x{size[1]}"
+    else:
+        info["Postprocess upscale by"] = scale
+    if not 0 < scale <= 16 or max(image.width, image.height) * scale > max_size:
+        raise UpscalerError(f"the upscaled size ({image.width}x{image.height} x {scale:g}) must stay within "
+                            f"{max_size} px and the scale within 0..16")
+    found = upscalers.find(name)
+    info["Postprocess upscaler"] = found.name
+    step = (upscalers.load(found, device) if found.kind == "model"
+            else _builtin_step(found.kind) if found.kind != "none" else (lambda im, _s: im))
+    image = upscale_loop(image, scale, step)
+    if size is not None and crop:
+        canvas = Image.new("RGB", size)
+        canvas.paste(image, box=(size[0] // 2 - image.width // 2, size[1] // 2 - image.height // 2))
+        image = canvas
+        info["Postprocess crop to"] = f"{image.width}x{image.height}"
+    return image, info
