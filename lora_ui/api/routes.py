@@ -168,6 +168,11 @@ class SdApi:
                                              default_size=getattr(model, "default_size", None),
                                              second_pass=_hires_cost(body, getattr(model, "default_size", None))):
                 errors.append(ApiError(_API_FIELD.get(exc.field, exc.field), exc.message))
+        hr = _hires_cost(body, getattr(self.ctx.worker.model or getattr(self.ctx.models, "current", None),
+                                       "default_size", None))
+        if hr is not None and max(hr[1], hr[2]) > limits.max_size:
+            errors.append(ApiError("hr_scale", f"the hires size {hr[1]}x{hr[2]} is over {limits.max_size} px "
+                                               "(--max-size)"))
         for name, value in m.unsupported_fields(body.model_extra):
             errors.append(ApiError(name, f"is not implemented by LoRA UI (got {value!r}); leave it out or at "
                                          "its A1111 default"))

@@ -83,10 +83,18 @@ def test_hires_fields_are_checked_and_counted_in_the_cost_cap(client):
     bad = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "enable_hr": True,
                                                   "hr_upscaler": "4x-Nothing", "save_images": False})
     assert_error(bad, 422, "hr_upscaler")
-    # 60 x 4 x 256 x 256 fits the default cap alone; a x8 hires pass would not
-    big = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 60, "batch_size": 4, "width": 256,
-                                                  "height": 256, "enable_hr": True, "hr_scale": 8})
-    assert big.status_code == 422 and "hires" in big.text
+    too_big = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 256, "height": 256,
+                                                      "enable_hr": True, "hr_scale": 8})
+    assert_error(too_big, 422, "hr_scale")                       # 2048 px over this server's --max-size 256
+
+
+def test_cost_cap_counts_the_second_pass():
+    from lora_ui.limits import Limits
+
+    limits = Limits(max_cost=4 * 64 * 64 * 8)
+    assert limits.request_errors(steps=4, width=64, height=64, batch_size=8) == []
+    errors = limits.request_errors(steps=4, width=64, height=64, batch_size=8, second_pass=(4, 128, 128))
+    assert errors and "hires 4 x 8 x 128 x 128" in errors[0].message
 
 
 def test_upscaler_listings_and_extras(client):
