@@ -22,7 +22,7 @@ UI_CSS = """
 .active-lora-row { padding: 2px 6px; }
 .lora-row-note { color: #b45309; font-size: 12px; }
 /* The demo model renders 64 px images: show them large and crisp, not as thumbnails or blurred. */
-#txt2img_gallery img, #txt2img_preview img, #compare_slider img, #compare_without img, #compare_with img,
+#txt2img_gallery img, #txt2img_preview img, #img2img_gallery img, #compare_slider img, #compare_without img, #compare_with img,
 #compare_sweep_grid img { image-rendering: pixelated; }
 #txt2img_preview img, #compare_without img, #compare_with img { width: 100%; height: 100%; object-fit: contain; }
 """
@@ -60,6 +60,12 @@ def build_ui(ctx: Any) -> gr.Blocks:
                         panes["browser"] = build_lora_browser(ctx, prompt, last_image, browser_handlers)
 
                 t2i = build_txt2img_tab(ctx, lora_panes)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                from lora_ui.ui.img2img_tab import build_extras_tab, build_img2img_tab
+
+                build_img2img_tab(ctx)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                build_extras_tab(ctx)
             compare = None
             with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
                 try:
