@@ -72,8 +72,11 @@ def build_worker(settings: Settings, models: ModelManager, library):
 
         return LoraManager(pipe, allow_pickle=settings.allow_pickle)
 
+    from lora_ui.engine.upscalers import Upscalers
+
     worker = Worker.for_model_manager(models, library=library, outputs_dir=settings.outputs_path,
-                                      lora_manager_factory=lora_manager_factory)
+                                      lora_manager_factory=lora_manager_factory,
+                                      upscalers=Upscalers.for_data_dir(settings.data_dir, settings.allow_pickle))
     if getattr(settings, "ray", False):  # --ray: txt2img goes to Ray Serve, compound jobs stay here
         from lora_ui.scale.ray_backend import ray_worker_for_settings
 

@@ -63,7 +63,7 @@ _TRAILING_KEYS: tuple[str, ...] = ("Version", "User")
 _RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
 _INT_KEYS = frozenset({"Steps", "Seed", "Clip skip", "Variation seed", "Hires steps", "ENSD", "Batch size",
-                       "Batch pos"})
+                       "Batch pos", "Mask blur", "Masked area padding"})
 _FLOAT_KEYS = frozenset({"CFG scale", "Image CFG scale", "Denoising strength", "Variation seed strength",
                          "Hires upscale", "Conditional mask weight", "Token merging ratio",
                          "Token merging ratio hr", "Eta"})

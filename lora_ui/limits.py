@@ -80,8 +80,11 @@ class Limits:
     # ---- checks shared by the UI and the API (the engine checks the ceilings again)
     def request_errors(self, *, prompt: str = "", negative_prompt: str = "", steps: Any = None,
                        width: Any = None, height: Any = None, batch_size: Any = None,
-                       batch_count: Any = None, default_size: int | None = None) -> list[LimitError]:
-        """Every limit the request breaks, as LimitError(field, message); [] when it fits."""
+                       batch_count: Any = None, default_size: int | None = None,
+                       second_pass: tuple[int, int, int] | None = None) -> list[LimitError]:
+        """Every limit the request breaks, as LimitError(field, message); [] when it fits.
+
+        `second_pass` = (steps, width, height) of hires fix: its work is added to the first pass's."""
         errors: list[LimitError] = []
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if isinstance(text, str) and len(text) > self.max_prompt_chars:
@@ -100,9 +103,14 @@ class Limits:
         h = height if _is_int(height) and height > 0 else default_size
         if all(_is_int(v) and v > 0 for v in (w, h, steps, batch_size)):
             cost = steps * batch_size * w * h
+            what = f"{steps} x {batch_size} x {w} x {h}"
+            if second_pass is not None:
+                hr_steps, hr_w, hr_h = second_pass
+                cost += hr_steps * batch_size * hr_w * hr_h
+                what += f" + hires {hr_steps} x {batch_size} x {hr_w} x {hr_h}"
             if cost > self.max_cost:
                 errors.append(LimitError(
-                    "steps", f"steps x batch_size x width x height = {steps} x {batch_size} x {w} x {h} = {cost} "
+                    "steps", f"steps x batch_size x width x height = {what} = {cost} "
                              f"is over the cost limit {self.max_cost} (--max-cost); use fewer steps, a smaller "
                              "batch or a smaller size"))
         return errors

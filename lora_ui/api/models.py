@@ -37,18 +37,7 @@ class _Lenient(BaseModel):
 # send when they do not use them) are accepted. Sampler, scheduler, subseed, seed-resize and RNG fields
 # are not listed here: the sampling engine owns them.
 UNSUPPORTED_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "enable_hr": (False, None),
-    "hr_scale": (None, 2, 2.0, 1, 1.0),
-    "hr_upscaler": (None, ""),
-    "hr_second_pass_steps": (None, 0),
-    "hr_resize_x": (None, 0),
-    "hr_resize_y": (None, 0),
     "hr_checkpoint_name": (None, ""),
-    "hr_sampler_name": (None, ""),
-    "hr_scheduler": (None, ""),
-    "hr_prompt": (None, ""),
-    "hr_negative_prompt": (None, ""),
-    "denoising_strength": (None, 0, 0.0, 0.7, 0.75),
     "firstphase_width": (None, 0),
     "firstphase_height": (None, 0),
     "restore_faces": (None, False),
@@ -60,6 +49,9 @@ UNSUPPORTED_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "refiner_switch_at": (None, 0, 0.0),
     "init_images": (None, []),
     "mask": (None, ""),
+    "initial_noise_multiplier": (None, 1, 1.0),
+    "image_cfg_scale": (None, 0, 0.0, 1, 1.0, 1.5),   # instruct-pix2pix models only
+    "inpainting_mask_weight": (None, 1, 1.0),
 }
 
 
@@ -118,6 +110,70 @@ class Txt2ImgBody(_Lenient):
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = False
+    enable_hr: bool = Field(False, description="Hires. fix: a second img2img pass at hr_scale or hr_resize_x/y")
+    denoising_strength: Float | None = Field(None, description="Hires / img2img denoising, 0..1 (None: 0.7)")
+    hr_scale: Float = 2.0
+    hr_upscaler: str | None = Field(None, description="/sdapi/v1/upscalers or /latent-upscale-modes name (None: Latent)")
+    hr_second_pass_steps: Int = Field(0, description="0: the same as steps")
+    hr_resize_x: Int = 0
+    hr_resize_y: Int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: Text = ""
+    hr_negative_prompt: Text = ""
+
+
+class Img2ImgBody(Txt2ImgBody):
+    """A1111's StableDiffusionImg2ImgProcessingAPI: the txt2img fields plus init images and inpainting."""
+
+    init_images: list[Text] = Field(default_factory=list, description="base64 images (one, or one per batch image)")
+    resize_mode: Int = Field(0, description="0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
+    denoising_strength: Float | None = Field(0.75, description="0..1")
+    mask: Text | None = Field(None, description="base64 mask: white (or opaque) = repaint")
+    mask_blur: Int | None = Field(None, description="Gaussian blur of the mask in px (default 4)")
+    mask_blur_x: Int = 4
+    mask_blur_y: Int = 4
+    inpainting_fill: Int = Field(0, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool | Int = Field(True, description="Inpaint area: true = only masked")
+    inpaint_full_res_padding: Int = 0
+    inpainting_mask_invert: Int = Field(0, description="1 = inpaint not masked")
+    include_init_images: bool = False
+
+
+class ExtraSingleImageBody(_Lenient):
+    """A1111's ExtrasSingleImageRequest: upscale one image (face restoration is not implemented)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image: Text = Field(description="base64 image")
+    resize_mode: Int = Field(0, description="0: upscale by upscaling_resize, 1: to upscaling_resize_w x _h")
+    upscaling_resize: Float = 2.0
+    upscaling_resize_w: Int = 512
+    upscaling_resize_h: Int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: Float = 0.0
+    gfpgan_visibility: Float = 0.0
+    codeformer_visibility: Float = 0.0
+    show_extras_results: bool = True
+
+
+class ExtraSingleImageResponse(BaseModel):
+    html_info: str
+    image: str
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscaleModeItem(BaseModel):
+    name: str
 
 
 class Txt2ImgResponse(BaseModel):

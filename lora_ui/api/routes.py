@@ -183,8 +183,14 @@ class SdApi:
             for exc in limits.request_errors(prompt=body.prompt, negative_prompt=body.negative_prompt,
                                              steps=body.steps, width=body.width, height=body.height,
                                              batch_size=body.batch_size, batch_count=body.n_iter,
-                                             default_size=getattr(model, "default_size", None)):
+                                             default_size=getattr(model, "default_size", None),
+                                             second_pass=_hires_cost(body, getattr(model, "default_size", None))):
                 errors.append(ApiError(_API_FIELD.get(exc.field, exc.field), exc.message))
+        hr = _hires_cost(body, getattr(self.ctx.worker.model or getattr(self.ctx.models, "current", None),
+                                       "default_size", None))
+        if hr is not None and max(hr[1], hr[2]) > limits.max_size:
+            errors.append(ApiError("hr_scale", f"the hires size {hr[1]}x{hr[2]} is over {limits.max_size} px "
+                                               "(--max-size)"))
         for name, value in m.unsupported_fields(body.model_extra):
             errors.append(ApiError(name, f"is not implemented by LoRA UI (got {value!r}); leave it out or at "
                                          "its A1111 default"))
@@ -238,7 +244,7 @@ class SdApi:
             prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, scheduler=scheduler,
             steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
             batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
-            save_images=body.save_images, **sampling_fields(body, overrides),
+            save_images=body.save_images, **sampling_fields(body, overrides), **hires_fields(body),
         )
         return request, checkpoint, list(warnings)
 
@@ -247,6 +253,40 @@ class SdApi:
         if body.script_name and body.script_name.strip():
             return self.xyz(body, watch)
         req, checkpoint, _ = self.build_request(body)
+        return self._render(body, req, checkpoint, "txt2img", watch)
+
+    def img2img(self, body: m.Img2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
+        """A1111's /img2img: the txt2img checks, then the images decoded and the img2img fields mapped."""
+        from dataclasses import asdict
+
+        from lora_ui.engine.img2img import Img2ImgRequest
+
+        if body.enable_hr:
+            raise ApiError("enable_hr", "hires fix is a txt2img option")
+        base, checkpoint, _ = self.build_request(body.model_copy(update={"enable_hr": False}))
+        errors: list[ApiError] = []
+        images = []
+        for i, data in enumerate(body.init_images):
+            try:
+                images.append(decode_base64_image(data, f"init_images[{i}]"))
+            except ApiError as exc:
+                errors.append(exc)
+        if not body.init_images:
+            errors.append(ApiError("init_images", "needs at least one base64 image"))
+        mask = None
+        if body.mask:
+            try:
+                mask = decode_base64_image(body.mask, "mask")
+            except ApiError as exc:
+                errors.append(exc)
+        if errors:
+            raise ApiErrors(errors)
+        fields = {k: v for k, v in asdict(base).items() if k not in ("init_images", "mask")}
+        req = Img2ImgRequest(**{**fields, **img2img_fields(body)}, init_images=images, mask=mask)
+        return self._render(body, req, checkpoint, "img2img", watch)
+
+    def _render(self, body: m.Txt2ImgBody, req: Any, checkpoint: str | None, kind: str,
+                watch: "JobWatch | None") -> dict[str, Any]:
         restore = body.override_settings_restore_afterwards
 
         def job(session):
@@ -254,13 +294,13 @@ class SdApi:
             if checkpoint is not None:
                 session.switch_model(checkpoint)
             try:
-                return session.txt2img(req), session.model
+                return getattr(session, kind)(req), session.model
             finally:
                 if checkpoint is not None and restore:
                     session.switch_model(str(previous.path) if previous.path is not None else None)
 
         started = time.time()
-        future = self.ctx.worker.submit(job, kind="txt2img", job_count=req.batch_count)
+        future = self.ctx.worker.submit(job, kind=kind, job_count=req.batch_count)
         if watch is not None:
             watch.add(future, self.ctx.worker)
         result, model = _await_render(future)
@@ -298,8 +338,63 @@ class SdApi:
             "interrupted": bool(getattr(result, "interrupted", False)),
             "saved_paths": [str(p) for p in result.saved_paths],
         }
-        return {"images": images if body.send_images else [],
-                "parameters": body.model_dump(exclude=set(body.model_extra or ())), "info": json.dumps(info)}
+        if getattr(body, "include_init_images", False):
+            images += [_png_base64(im, None) for im in req.init_images]
+        parameters = body.model_dump(exclude=set(body.model_extra or ()) | {"init_images", "mask"})
+        return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
+
+    # ------------------------------------------------------------------ upscalers / extras
+    def upscalers(self) -> list[dict[str, Any]]:
+        items = []
+        for u in self._upscalers().items():
+            items.append({"name": u.name, "model_name": None if u.kind != "model" else u.name,
+                          "model_path": str(u.path) if u.path else None, "model_url": None,
+                          "scale": 4 if u.kind in ("lanczos", "nearest") else None})
+        return items
+
+    def _upscalers(self):
+        from lora_ui.engine.upscalers import Upscalers
+
+        worker_ups = getattr(self.ctx.worker, "upscalers", None)
+        if worker_ups is not None:
+            return worker_ups
+        settings = getattr(self.ctx, "settings", None)
+        data_dir = getattr(settings, "data_dir", None)
+        return Upscalers.for_data_dir(data_dir, bool(getattr(settings, "allow_pickle", False))) if data_dir \
+            else Upscalers()
+
+    def extra_single_image(self, body: m.ExtraSingleImageBody) -> dict[str, Any]:
+        """A1111's Extras upscale of one image (upscaler_1 only; a second upscaler / face restoration: 422)."""
+        from lora_ui.engine.upscalers import UpscalerError, extras_upscale
+
+        errors = [ApiError(name, "is not implemented by LoRA UI; leave it at 0")
+                  for name in ("gfpgan_visibility", "codeformer_visibility", "extras_upscaler_2_visibility")
+                  if getattr(body, name)]
+        ups = self._upscalers()
+        try:
+            ups.find(body.upscaler_1)
+        except UpscalerError as exc:
+            errors.append(ApiError("upscaler_1", str(exc)))
+        if body.resize_mode not in (0, 1):
+            errors.append(ApiError("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {body.resize_mode}"))
+        image = None
+        try:
+            image = decode_base64_image(body.image, "image")
+        except ApiError as exc:
+            errors.append(exc)
+        if errors:
+            raise ApiErrors(errors)
+        size = (body.upscaling_resize_w, body.upscaling_resize_h) if body.resize_mode == 1 else None
+        try:
+            out, info = self.ctx.worker.submit(
+                lambda session: extras_upscale(ups, image.convert("RGB"), body.upscaler_1, float(body.upscaling_resize),
+                                               size, body.upscaling_crop, self.limits.max_size,
+                                               device=session.model.device if session.model else "cpu"),
+                kind="extras").result()
+        except UpscalerError as exc:
+            raise ApiError("upscaling_resize" if "size" in str(exc) else "upscaler_1", str(exc)) from None
+        html = ", ".join(f"{k}: {v}" for k, v in info.items())
+        return {"html_info": html, "image": _png_base64(out, html)}
 
     # ------------------------------------------------------------------ scripts: X/Y/Z plot
     def xyz(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
@@ -618,6 +713,41 @@ def sampling_fields(body: m.Txt2ImgBody, overrides: dict[str, Any]) -> dict[str,
     return fields
 
 
+def hires_fields(body: m.Txt2ImgBody) -> dict[str, Any]:
+    """A1111 txt2img hires fields as Txt2ImgRequest fields (checked by the engine: a 422 naming the field)."""
+    return {
+        "enable_hr": bool(body.enable_hr),
+        "denoising_strength": 0.7 if body.denoising_strength is None else body.denoising_strength,
+        "hr_scale": body.hr_scale, "hr_upscaler": body.hr_upscaler or "Latent",
+        "hr_second_pass_steps": body.hr_second_pass_steps, "hr_resize_x": body.hr_resize_x,
+        "hr_resize_y": body.hr_resize_y, "hr_sampler_name": body.hr_sampler_name or "",
+        "hr_scheduler": body.hr_scheduler or "", "hr_prompt": body.hr_prompt or "",
+        "hr_negative_prompt": body.hr_negative_prompt or "",
+    }
+
+
+def img2img_fields(body: m.Img2ImgBody) -> dict[str, Any]:
+    blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
+    return {"enable_hr": False, "resize_mode": body.resize_mode,
+            "denoising_strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
+            "mask_blur": blur, "inpainting_fill": body.inpainting_fill,
+            "inpaint_full_res": bool(body.inpaint_full_res), "inpaint_full_res_padding": body.inpaint_full_res_padding,
+            "inpainting_mask_invert": body.inpainting_mask_invert}
+
+
+def _hires_cost(body: m.Txt2ImgBody, default_size: int | None) -> tuple[int, int, int] | None:
+    """(steps, width, height) of the hires pass for the cost cap, or None (no hires / not computable)."""
+    if not body.enable_hr or not isinstance(body.hr_scale, (int, float)) or not math.isfinite(body.hr_scale):
+        return None
+    from lora_ui.engine.hires import target_size
+
+    w, h = body.width or default_size, body.height or default_size
+    if not w or not h or min(w, h) <= 0 or body.hr_resize_x < 0 or body.hr_resize_y < 0:
+        return None
+    t = target_size(w, h, float(body.hr_scale), body.hr_resize_x, body.hr_resize_y)
+    return (body.hr_second_pass_steps or body.steps), max(t.width, 1), max(t.height, 1)
+
+
 def sampler_options_item(spec) -> dict[str, Any]:
     """A1111's /samplers "options" of one sampler: its Automatic schedule and flags."""
     options: dict[str, Any] = {}
@@ -934,15 +1064,29 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
         return api.memory()
 
     # Listings A1111 clients read at start-up; this app has none of these, so they are empty.
-    empty_lists = ("upscalers", "latent-upscale-modes", "hypernetworks", "face-restorers")
+    empty_lists = ("hypernetworks", "face-restorers")
     for path in empty_lists:
         router.add_api_route(f"/{path}", lambda: [], methods=["GET"], tags=a1111, name=path,
                              summary="Always empty here (A1111 clients read it at start-up)")
 
-    @router.post("/img2img", tags=a1111, status_code=501)
-    def img2img():
-        """Not supported by this app (txt2img only)."""
-        raise ApiError("", "img2img is not supported by LoRA UI; use /sdapi/v1/txt2img", status=501)
+    @router.post("/img2img", response_model=m.Txt2ImgResponse, tags=a1111)
+    async def img2img(body: m.Img2ImgBody, request: Request):
+        """img2img / inpainting (base64 init_images and mask); A1111's fields and defaults."""
+        return await run_render(request, api.render_waiters, lambda watch: api.img2img(body, watch))
+
+    @router.get("/upscalers", response_model=list[m.UpscalerItem], tags=a1111)
+    def upscalers():
+        return api.upscalers()
+
+    @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscaleModeItem], tags=a1111)
+    def latent_upscale_modes():
+        from lora_ui.engine.hires import LATENT_UPSCALE_MODES
+
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+    @router.post("/extra-single-image", response_model=m.ExtraSingleImageResponse, tags=a1111)
+    def extra_single_image(body: m.ExtraSingleImageBody):
+        return api.extra_single_image(body)
 
     @router.post("/lora-ui/compare", response_model=m.CompareResponse, tags=own,
                  summary="Render without and with LoRAs at one seed; difference numbers and heatmap")

@@ -122,10 +122,9 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
     mixed=False: exactly one item, its LoRA set applied through `manager` (its own mode): the
     one-by-one reference path. mixed=True: the manager is cleared and `MixedLoras` serves every set.
     Raises (for the whole batch) NotMixable / LoraError from building the mixed LoRAs."""
-    from lora_ui.engine import conditioning
     from lora_ui.engine.sampling import registry
-    from lora_ui.engine.txt2img import (RequestError, embeddings_for, encode_conds, model_schedule, sampling_options,
-                                        seeds_for, validate)
+    from lora_ui.engine.txt2img import (RequestError, embeddings_for, encode_conds, model_schedule, prompt_steps,
+                                        sampling_options, seeds_for, validate)
     from lora_ui.prompt import extract_lora_tags
 
     pipe = model.pipe
@@ -168,7 +167,8 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
         with torch.no_grad():
             for s, p in enumerate(prepared):
                 negative, _, _ = extract_lora_tags(p.item.req.negative_prompt)
-                encode = lambda: encode_conds(model, p.item.req, p.text, negative, len(p.seeds), plan, ti)  # noqa: E731
+                encode = lambda: encode_conds(model, p.item.req, p.text, negative, len(p.seeds),  # noqa: E731
+                                              prompt_steps(plan), ti)
                 if lora_set is not None:
                     with lora_set.uniform(s):
                         p.conds, p.ti_hashes = encode()
@@ -191,9 +191,9 @@ def render_batch(model, items: list[BatchItem], *, manager, mixed: bool = True, 
 
 
 def _sample(model, group: list[_Prepared], set_indices: list[int], lora_set, manager, plan, req0) -> None:
-    """One sampling loop over the images of `group` (txt2img's denoiser, RNG and sampler; the UNet
-    wrapped for mixed LoRA rows); sets each request's latents (its last x0 estimate when it stopped)."""
-    from lora_ui.engine.txt2img import GenerationInterrupted, latent_shape, make_cfg_denoiser, make_rng, run_sampler
+    """One sampling loop over the images of `group`: txt2img's own pass (denoiser, RNG, sampler), the UNet
+    wrapped for mixed LoRA rows; sets each request's latents (its last x0 estimate when it stopped)."""
+    from lora_ui.engine.txt2img import GenerationInterrupted, latent_shape, make_rng, pass_of, sample_pass
 
     pipe = model.pipe
     p0 = group[0]
@@ -211,39 +211,33 @@ def _sample(model, group: list[_Prepared], set_indices: list[int], lora_set, man
         unet = MixedUNet(pipe.unet, lora_set, uniform=set_indices[0])
     elif lora_set is not None:
         unet = MixedUNet(pipe.unet, lora_set, RowMap.for_cfg(image_sets, image_sets, terms))
-    cfg = make_cfg_denoiser(model, req0, step_conds, p0.width, p0.height, unet=unet)
     rng = make_rng(model, req0, seeds, subseeds, latent_shape(pipe, p0.width, p0.height), plan)
     bounds, start = [], 0
     for p in group:
         bounds.append((start, start + len(p.seeds)))
         start += len(p.seeds)
-    steps = int(req0.steps)
-    if manager is not None and lora_set is None:
-        manager.on_step(0, steps)
 
-    def callback(d: dict) -> None:
-        done = min(steps, int(d["i"]) + 1)
-        x0 = d["denoised"]
+    def each_request(done: int, total: int, x0) -> None:
+        """Progress to every request still running; one that raises GenerationInterrupted stops alone."""
         for p, (a, b) in zip(group, bounds):
             if p.stopped or p.item.on_step is None:
                 continue
             try:
-                p.item.on_step(done, steps, x0[a:b])
+                p.item.on_step(done, total, x0[a:b])
             except GenerationInterrupted:
                 p.stopped = True
                 p.latents = x0[a:b].clone()
         if all(p.stopped for p in group):
             raise _AllStopped()
-        if manager is not None and lora_set is None:
-            manager.on_step(done, steps)
 
     try:
-        latents = run_sampler(model, req0, cfg, rng, callback)
+        sampled = sample_pass(model, pass_of(model, req0), step_conds, rng, p0.width, p0.height,
+                              manager if lora_set is None else None, each_request, unet=unet)
     except _AllStopped:
         return
     for p, (a, b) in zip(group, bounds):
         if not p.stopped:
-            p.latents = latents[a:b]
+            p.latents = sampled.latents[a:b]
 
 
 def _finish(model, p: _Prepared, plan, library, outputs_dir: Path | None):

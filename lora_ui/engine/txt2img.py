@@ -42,9 +42,10 @@ from lora_ui.limits import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_S
 
 from . import conditioning
 from .sampling import registry
-from .sampling.denoiser import CFGDenoiser, DiscreteDenoiser, DiscreteSchedule, sdxl_time_ids
+from .sampling.denoiser import CFGDenoiser, DiscreteDenoiser, DiscreteSchedule, LatentMask, sdxl_time_ids
 from .sampling.rng import SOURCES as RNG_SOURCES
-from .sampling.rng import BrownianNoise, ImageRNG, to_uint8
+from .sampling.rng import BrownianNoise, ImageRNG
+from .vae_codec import decode_to_images  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,18 @@ class Txt2ImgRequest:
     clip_skip: int = 1
     save_images: bool = True
     vae: str | None = None                 # "Automatic", "None" or a VAE file name; None: the app's sd_vae
+    # Hires. fix (engine/hires.py); A1111's txt2img fields and defaults
+    enable_hr: bool = False
+    denoising_strength: float = 0.7
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0              # 0: the first pass's steps
+    hr_resize_x: int = 0                       # both 0: by hr_scale
+    hr_resize_y: int = 0
+    hr_sampler_name: str = ""                  # "": the first pass's
+    hr_scheduler: str = ""
+    hr_prompt: str = ""                        # "": the prompt
+    hr_negative_prompt: str = ""
 
 
 @dataclass
@@ -163,8 +176,9 @@ def _validate_sampling(req: Txt2ImgRequest) -> None:
     _int_field(req, "ensd", -(2**31), 2**31 - 1)
 
 
-def validate(model, req: Txt2ImgRequest) -> tuple[int, int]:
-    """Check every field; returns the (width, height) to render. Raises RequestError naming the field."""
+def validate(model, req: Txt2ImgRequest, upscalers=None) -> tuple[int, int]:
+    """Check every field; returns the (width, height) to render (the first pass's with hires fix).
+    Raises RequestError naming the field."""
     for name in ("prompt", "negative_prompt"):
         if not isinstance(getattr(req, name), str):
             raise RequestError(name, f"must be text, got {type(getattr(req, name)).__name__}")
@@ -189,6 +203,12 @@ def validate(model, req: Txt2ImgRequest) -> tuple[int, int]:
         if getattr(req, name) not in (0, -1):
             _int_field(req, name, MIN_SIZE, MAX_SIZE)
     _validate_sampling(req)
+    if not isinstance(getattr(req, "enable_hr", False), bool):
+        raise RequestError("enable_hr", f"must be true or false, got {req.enable_hr!r}")
+    if getattr(req, "enable_hr", False):
+        from .hires import validate_hires
+
+        validate_hires(req, size["width"], size["height"], upscalers, vae_scale_factor(model.pipe))
     return size["width"], size["height"]
 
 
@@ -297,8 +317,12 @@ def _variation_params(req: Txt2ImgRequest, subseed: int) -> dict[str, Any]:
 
 
 def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width: int, height: int,
-                   lora_hashes: dict[str, str], plan: registry.Plan, ti_hashes: str | None = None) -> str:
-    """A1111's infotext: its keys, order and rules for what is written (docs/sampling.md)."""
+                   lora_hashes: dict[str, str], plan: registry.Plan, extra_params: dict[str, Any] | None = None,
+                   ti_hashes: str | None = None) -> str:
+    """A1111's infotext: its keys, order and rules for what is written (docs/sampling.md).
+
+    `extra_params`: A1111's extra_generation_params of img2img / hires fix ("Denoising strength", "Hires
+    upscale", "Mask blur", ...), written after the sampler's own keys and before "Lora hashes"."""
     from lora_ui.infotext import create_infotext
 
     spec = plan.spec
@@ -321,6 +345,7 @@ def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width
         "ENSD": int(req.ensd) if req.ensd and spec.uses_ensd and eta_written else None,
         "RNG": req.rng if req.rng != "GPU" else None,
         **extra,
+        **(extra_params or {}),
         "Lora hashes": lora_hashes or None,
         "TI hashes": ti_hashes or None,
         "Version": VERSION,
@@ -328,120 +353,89 @@ def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width
     return create_infotext(req.prompt, req.negative_prompt, params)
 
 
-def latent_shape(pipe, width: int, height: int) -> tuple[int, int, int]:
-    """(C, h, w) of one image's latent."""
-    factor = vae_scale_factor(pipe)
-    return int(pipe.unet.config.in_channels), height // factor, width // factor
-
-
-def outputs_folder(outputs_dir: Path | None) -> Path | None:
-    """`<outputs>/txt2img-images/<YYYY-MM-DD>` (A1111's layout), or None when nothing is saved."""
-    return Path(outputs_dir) / "txt2img-images" / date.today().isoformat() if outputs_dir else None
-
-
-def prompt_steps(plan: registry.Plan) -> int:
-    """The step count prompt editing is scheduled over: A1111 doubles it for second-order samplers."""
-    return plan.steps * (2 if plan.spec.second_order else 1)
-
-
-def sampling_key(model, req: Txt2ImgRequest) -> tuple:
-    """What requests must share to be sampled in one loop: everything but prompts, seeds, batch size,
-    clip skip and LoRAs (those are per image). Raises RequestError for an invalid request."""
-    width, height = validate(model, req)
-    sampler, schedule = registry.parse_sampler_and_schedule(req.sampler, req.scheduler)
-    return (width, height, sampler, registry.schedule_label(registry.find_sampler(sampler), schedule),
-            int(req.steps), float(req.cfg_scale), sampling_options(model, req), req.rng, float(req.subseed_strength),
-            int(req.seed_resize_from_w), int(req.seed_resize_from_h), int(req.ensd))
-
-
-def embeddings_for(model):
-    """The textual-inversion embeddings this model can use (lora_ui/textual_inversion.py), or None."""
-    library = getattr(model, "embeddings", None)
-    return library.substitution(model) if library is not None else None
-
-
-def encode_conds(model, req: Txt2ImgRequest, text: str, negative: str, n: int, plan: registry.Plan, ti):
-    """(per-call conditioning of n images, "TI hashes" infotext value or None): A1111's prompt encoder
-    with the prompts' textual-inversion embeddings substituted in."""
-    with conditioning.token_substitution(ti):
-        conds = conditioning.encode_step_conds(model.pipe, model.arch, [text] * n, negative, prompt_steps(plan),
-                                               clip_skip=int(req.clip_skip))
-    return conds, (ti.infotext_hashes() if ti is not None else None)
-
-
-def make_cfg_denoiser(model, req: Txt2ImgRequest, conds, width: int, height: int, unet=None) -> CFGDenoiser:
-    """CFG over the model's UNet (or `unet`, a callable with the UNet's signature, e.g. the mixed-LoRA
-    wrapper of a batch of requests) as A1111's k-diffusion denoiser: eps or v-prediction from the
-    model's scheduler config, SDXL micro-conditioning from the image size."""
-    pipe = model.pipe
-    config = dict(getattr(model, "scheduler_config", None) or pipe.scheduler.config)
-    denoiser = DiscreteDenoiser(unet if unet is not None else pipe.unet, model_schedule(model),
-                                config.get("prediction_type") or "epsilon",
-                                time_ids=sdxl_time_ids(height, width) if model.arch == "sdxl" else None,
-                                unet_dtype=pipe.unet.dtype)
-    return CFGDenoiser(denoiser, float(req.cfg_scale), conds)
-
-
-def make_rng(model, req: Txt2ImgRequest, seeds: list[int], subseeds: list[int], latent_shape: tuple,
-             plan: registry.Plan) -> ImageRNG:
-    """The per-image noise of one batch: A1111's RNG source, variation seeds, seed resize and ENSD."""
-    return ImageRNG(latent_shape, seeds, subseeds=subseeds, subseed_strength=float(req.subseed_strength),
-                    seed_resize_from=(int(req.seed_resize_from_w), int(req.seed_resize_from_h)),
-                    source=req.rng, device=model.device, ensd=int(req.ensd), uses_ensd=plan.spec.uses_ensd)
-
-
-def run_sampler(model, req: Txt2ImgRequest, cfg: CFGDenoiser, rng: ImageRNG, callback) -> torch.Tensor:
-    """The request's sampler from the RNG's first draw to the final latents (B, C, h, w);
-    `callback(state)` after each iteration (k-diffusion's dict: x, i, sigma, denoised)."""
-    brownian = lambda x, lo, hi: BrownianNoise(x, lo, hi, rng.seeds, rng.source)  # noqa: E731
-    return registry.sample(req.sampler, req.scheduler, cfg, rng.first(), int(req.steps), rng, brownian, callback,
-                           sampling_options(model, req))
-
-
 @dataclass
-class _Sampled:
+class Sampled:
     """One sampling run's output: latents (B, C, h, w) and whether it was cut short."""
 
     latents: torch.Tensor
     interrupted: bool
 
 
-def _sample(model, req: Txt2ImgRequest, conds, rng: ImageRNG, width: int, height: int, loras, on_step) -> _Sampled:
-    """Run the request's sampler over the model for one batch; stops early on GenerationInterrupted."""
-    cfg = make_cfg_denoiser(model, req, conds, width, height)
-    steps = int(req.steps)
+_Sampled = Sampled  # older name
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One sampling pass: sampler, schedule, CFG and, for img2img / the hires pass, where it starts.
+
+    txt2img: `init` None, the sampler runs `steps` from the first draw. img2img: `init` (B, C, h, w) latents,
+    `steps` the schedule length and `t_enc` from `registry.img2img_steps`; `latent_mask` for inpainting."""
+
+    sampler: str
+    scheduler: str
+    steps: int
+    cfg_scale: float
+    options: registry.SamplingOptions
+    init: torch.Tensor | None = None
+    t_enc: int = 0
+    latent_mask: LatentMask | None = None
+
+    @property
+    def iterations(self) -> int:
+        """The progress total: steps (txt2img), t_enc + 1 (img2img, as A1111's progress bar)."""
+        return int(self.steps) if self.init is None else int(self.t_enc) + 1
+
+
+def pass_of(model, req: Txt2ImgRequest) -> PassSpec:
+    """The txt2img (first) pass of a request."""
+    return PassSpec(req.sampler, req.scheduler, int(req.steps), float(req.cfg_scale), sampling_options(model, req))
+
+
+def build_cfg(model, cfg_scale: float, conds, width: int, height: int, latent_mask=None, unet=None) -> CFGDenoiser:
+    """CFG over the model's UNet (or `unet`, a callable with the UNet's signature, e.g. the mixed-LoRA
+    wrapper of a batch of requests) as A1111's k-diffusion denoiser: eps or v-prediction from the
+    model's scheduler config, SDXL micro-conditioning from the image size; `latent_mask` for inpainting."""
+    pipe = model.pipe
+    config = dict(getattr(model, "scheduler_config", None) or pipe.scheduler.config)
+    denoiser = DiscreteDenoiser(unet if unet is not None else pipe.unet, model_schedule(model),
+                                config.get("prediction_type") or "epsilon",
+                                time_ids=sdxl_time_ids(height, width) if model.arch == "sdxl" else None,
+                                unet_dtype=pipe.unet.dtype)
+    return CFGDenoiser(denoiser, float(cfg_scale), conds, latent_mask=latent_mask)
+
+
+def sample_pass(model, spec: PassSpec, conds, rng: ImageRNG, width: int, height: int, loras, on_step,
+                unet=None) -> Sampled:
+    """Run one pass over the model for one batch; stops early on GenerationInterrupted (returns the last
+    x0 estimate). The first noise is `rng.first()` (txt2img: the start; img2img: added to `spec.init`).
+    `on_step(done, total, x0)` after each iteration; `unet`: see build_cfg."""
+    cfg = build_cfg(model, spec.cfg_scale, conds, width, height, spec.latent_mask, unet)
+    total = spec.iterations
     last = {"x0": None}
 
     def callback(state: dict) -> None:
         last["x0"] = state["denoised"]
-        done = min(steps, int(state["i"]) + 1)
+        done = min(total, int(state["i"]) + 1)
         if loras is not None and hasattr(loras, "on_step"):
-            loras.on_step(done, steps)
+            loras.on_step(done, total)
         if on_step is not None:
-            on_step(done, steps, state["denoised"])
+            on_step(done, total, state["denoised"])
 
     if loras is not None and hasattr(loras, "on_step"):
-        loras.on_step(0, steps)
+        loras.on_step(0, total)
+    brownian = lambda x, lo, hi: BrownianNoise(x, lo, hi, rng.seeds, rng.source)  # noqa: E731
     try:
-        return _Sampled(run_sampler(model, req, cfg, rng, callback), False)
+        if spec.init is None:
+            latents = registry.sample(spec.sampler, spec.scheduler, cfg, rng.first(), spec.steps, rng, brownian,
+                                      callback, spec.options)
+        else:
+            latents = registry.sample_img2img(spec.sampler, spec.scheduler, cfg, spec.init, rng.first(), spec.steps,
+                                              spec.t_enc, rng, brownian, callback, spec.options)
     except GenerationInterrupted:
         if last["x0"] is None:
             raise
-        return _Sampled(last["x0"], True)
-
-
-@torch.no_grad()
-def decode_to_images(pipe, latents: torch.Tensor) -> list:
-    """VAE-decode image by image (as A1111: an image never depends on its batch) -> PIL RGB images."""
-    from PIL import Image
-
-    vae = pipe.vae
-    factor = float(vae.config.scaling_factor)
-    images = []
-    for one in latents:
-        decoded = vae.decode(one[None].to(vae.device, vae.dtype) / factor).sample
-        images.append(Image.fromarray(to_uint8(decoded.float())[0]))
-    return images
+        return Sampled(last["x0"], True)
+    return Sampled(latents, False)
 
 
 def seeds_for(req: Txt2ImgRequest, base_seed: int, base_subseed: int, iteration: int) -> tuple[list[int], list[int]]:
@@ -453,13 +447,65 @@ def seeds_for(req: Txt2ImgRequest, base_seed: int, base_subseed: int, iteration:
     return seeds, [base_subseed + i for i in index]
 
 
+def latent_shape(pipe, width: int, height: int) -> tuple[int, int, int]:
+    """(C, h, w) of one image's latent."""
+    factor = vae_scale_factor(pipe)
+    return int(pipe.unet.config.in_channels), height // factor, width // factor
+
+
+def outputs_folder(outputs_dir: Path | None, kind: str = "txt2img-images") -> Path | None:
+    """`<outputs>/<kind>/<YYYY-MM-DD>` (A1111's layout), or None when nothing is saved."""
+    return Path(outputs_dir) / kind / date.today().isoformat() if outputs_dir else None
+
+
+def prompt_steps(plan: registry.Plan, steps: int | None = None) -> int:
+    """The step count prompt editing is scheduled over: the requested steps (`steps`, default the plan's),
+    doubled for second-order samplers as A1111 does."""
+    return int(plan.steps if steps is None else steps) * (2 if plan.spec.second_order else 1)
+
+
+def sampling_key(model, req: Txt2ImgRequest) -> tuple:
+    """What requests must share to be sampled in one loop: everything but prompts, seeds, batch size,
+    clip skip and LoRAs (those are per image). Raises RequestError for an invalid request."""
+    width, height = validate(model, req)
+    sampler, schedule = registry.parse_sampler_and_schedule(req.sampler, req.scheduler)
+    return (width, height, sampler, registry.schedule_label(registry.find_sampler(sampler), schedule),
+            int(req.steps), float(req.cfg_scale), sampling_options(model, req), req.rng, float(req.subseed_strength),
+            int(req.seed_resize_from_w), int(req.seed_resize_from_h), int(req.ensd), bool(req.enable_hr),
+            getattr(req, "vae", None))
+
+
+def make_rng(model, req, seeds: list[int], subseeds: list[int], shape: tuple, plan: registry.Plan) -> ImageRNG:
+    """The per-image noise of one batch: A1111's RNG source, variation seeds, seed resize and ENSD."""
+    return ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=float(req.subseed_strength),
+                    seed_resize_from=(int(req.seed_resize_from_w), int(req.seed_resize_from_h)),
+                    source=req.rng, device=model.device, ensd=int(req.ensd), uses_ensd=plan.spec.uses_ensd)
+
+
+def embeddings_for(model):
+    """The textual-inversion embeddings this model can use (lora_ui/textual_inversion.py), or None."""
+    library = getattr(model, "embeddings", None)
+    return library.substitution(model) if library is not None else None
+
+
+def encode_conds(model, req, text: str, negative: str, n: int, schedule_steps: int, ti):
+    """(per-call conditioning of n images, "TI hashes" infotext value or None): A1111's prompt encoder,
+    prompt editing scheduled over `schedule_steps` (see prompt_steps), the prompts' textual-inversion
+    embeddings substituted in."""
+    with conditioning.token_substitution(ti):
+        conds = conditioning.encode_step_conds(model.pipe, model.arch, [text] * n, negative, schedule_steps,
+                                               clip_skip=int(req.clip_skip))
+    return conds, (ti.infotext_hashes() if ti is not None else None)
+
+
 def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
              on_step: Callable[[int, int, torch.Tensor], None] | None = None,
-             outputs_dir: Path | None = None) -> Txt2ImgResult:
+             outputs_dir: Path | None = None, upscalers=None) -> Txt2ImgResult:
     """Render `req` with `model` (a LoadedModel). See the module doc for seeds, callbacks and saving.
+    `upscalers` (engine.upscalers.Upscalers): where hires fix finds ESRGAN-family models.
 
     Raises RequestError (nothing rendered) for invalid fields; LoraError from `loras.set_loras`."""
-    width, height = validate(model, req)
+    width, height = validate(model, req, upscalers)
     pipe = model.pipe
     if pipe is None:
         raise RuntimeError("this model was unloaded (a checkpoint switch freed it); use the current model")
@@ -477,14 +523,24 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
     ti = embeddings_for(model)
     if ti is not None:
         result.warnings += ti.warnings_for(text, negative_text)
+    hires_fix = None
+    if req.enable_hr:
+        from .hires import HiresFix
+
+        hires_fix = HiresFix(model, req, (width, height), text, negative_text, plan, library, result.warnings,
+                             upscalers)
+        hires_fix.first_loras = specs
 
     for iteration in range(int(req.batch_count)):
         seeds, subseeds = seeds_for(req, base_seed, base_subseed, iteration)
-        conds, ti_hashes = encode_conds(model, req, text, negative_text, len(seeds), plan, ti)
+        conds, ti_hashes = encode_conds(model, req, text, negative_text, len(seeds), prompt_steps(plan), ti)
         rng = make_rng(model, req, seeds, subseeds, shape, plan)
-        sampled = _sample(model, req, conds, rng, width, height, loras, on_step)
+        sampled = sample_pass(model, pass_of(model, req), conds, rng, width, height, loras, on_step)
+        if hires_fix is not None and not sampled.interrupted:
+            sampled = hires_fix.second_pass(sampled.latents, seeds, subseeds, loras, on_step)
         finish_images(model, req, sampled.latents, seeds, subseeds, width, height, lora_hashes, plan,
-                      out_folder, result, ti_hashes=ti_hashes)
+                      out_folder, result, hires_fix.infotext_params() if hires_fix is not None else None,
+                      ti_hashes=ti_hashes)
         if sampled.interrupted:
             result.interrupted = True
             break
@@ -493,17 +549,19 @@ def generate(model, req: Txt2ImgRequest, *, library=None, loras=None,
 
 
 def finish_images(model, req, latents, seeds, subseeds, width, height, lora_hashes, plan, out_folder,
-                  result: Txt2ImgResult, ti_hashes: str | None = None) -> None:
-    """Decode (image by image), write the infotexts, save the PNGs, and append all of it to `result`."""
+                  result: Txt2ImgResult, extra_params: dict[str, Any] | None = None, images=None,
+                  ti_hashes: str | None = None) -> None:
+    """Decode (image by image, unless `images` are given), write the infotexts, save the PNGs, and append
+    all of it to `result`. `extra_params`: see build_infotext."""
     if not torch.isfinite(latents).all():
         result.warnings.append("the sampler produced non-finite values (NaN/Inf): the image is black; "
                                "lower the LoRA weights or the CFG scale")
-    for seed, subseed, image in zip(seeds, subseeds, decode_to_images(model.pipe, latents)):
+    images = decode_to_images(model.pipe, latents) if images is None else images
+    for seed, subseed, image in zip(seeds, subseeds, images):
         info = build_infotext(model, req, seed=seed, subseed=subseed, width=width, height=height,
-                              lora_hashes=lora_hashes, plan=plan, ti_hashes=ti_hashes)
+                              lora_hashes=lora_hashes, plan=plan, extra_params=extra_params, ti_hashes=ti_hashes)
         result.images.append(image)
         result.infotexts.append(info)
         result.seeds.append(seed)
         if req.save_images and out_folder is not None:
             result.saved_paths.append(save_png(image, info, out_folder, seed))
-

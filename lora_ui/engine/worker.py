@@ -140,7 +140,13 @@ class WorkerSession:
             self.loras.clear()
         return list(specs), list(warnings)
 
-    def txt2img(self, req: "Txt2ImgRequest") -> "Txt2ImgResult":
+    def img2img(self, req: Any) -> "Txt2ImgResult":
+        """`txt2img` for an Img2ImgRequest (engine/img2img.py): same LoRA set, iterations, progress."""
+        from lora_ui.engine.img2img import generate_img2img
+
+        return self.txt2img(req, generate=generate_img2img, kind="img2img")
+
+    def txt2img(self, req: "Txt2ImgRequest", *, generate: Any = None, kind: str = "txt2img") -> "Txt2ImgResult":
         """Render one request on this worker: its own LoRA set, batch_count iterations, progress.
 
         Iteration n renders seeds seed + n*batch_size ... (A1111's numbering); seed -1 is drawn once.
@@ -155,15 +161,16 @@ class WorkerSession:
             if n > 0 and self.interrupted:
                 break
             self.progress.begin_iteration(self._iterations_started, req.steps,
-                                          textinfo=f"txt2img: image {n + 1} of {max(1, req.batch_count)}")
+                                          textinfo=f"{kind}: image {n + 1} of {max(1, req.batch_count)}")
             self._iterations_started += 1
             self._worker._clear_skip(self.job_id)
             self._skipped_iteration = False
             self._non_finite_step = None
             iteration = replace(req, seed=seed + n * req.batch_size, batch_count=1)
-            result = self._worker._generate(
+            extra = {"upscalers": self._worker.upscalers} if self._worker.upscalers is not None else {}
+            result = (generate or self._worker._generate)(
                 self.model, iteration, library=self.library, loras=self.loras,
-                on_step=self._on_step, outputs_dir=self.outputs_dir,
+                on_step=self._on_step, outputs_dir=self.outputs_dir, **extra,
             )
             if self._non_finite_step is not None and hasattr(result, "warnings"):
                 result = replace(result, warnings=[*result.warnings, NON_FINITE_WARNING.format(
@@ -297,6 +304,7 @@ class Worker:
         name: str = "lora-ui-worker",
         batching: BatchingConfig | None = None,
         vae_manager: Any = None,
+        upscalers: Any = None,
     ) -> None:
         self._model_provider = model if callable(model) else None
         self._model: LoadedModel | None = None if callable(model) else model
@@ -305,6 +313,7 @@ class Worker:
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self._make_lora_manager = lora_manager_factory or _default_lora_manager
         self._generate = generate or _default_generate
+        self.upscalers = upscalers                # engine.upscalers.Upscalers for hires fix / extras
         self._loras: LoraManager | None = None
         self.batching = batching
         self._batch_job_ids: frozenset[str] = frozenset()   # the requests of the running mixed batch
@@ -355,6 +364,10 @@ class Worker:
         """Queue one txt2img request (its prompt carries its full LoRA set)."""
         return self.submit(lambda session: session.txt2img(req), kind="txt2img", job_count=max(1, req.batch_count),
                            _request=req if self.batching is not None else None)
+
+    def img2img(self, req: Any) -> JobFuture["Txt2ImgResult"]:
+        """Queue one img2img request (engine/img2img.py Img2ImgRequest)."""
+        return self.submit(lambda session: session.img2img(req), kind="img2img", job_count=max(1, req.batch_count))
 
     def switch_model(self, ref: str) -> JobFuture["LoadedModel"]:
         """Queue a checkpoint switch, run between renders; on failure the old model stays loaded."""

@@ -24,7 +24,7 @@ UI_CSS = """
 .active-lora-row { padding: 2px 6px; }
 .lora-row-note { color: #b45309; font-size: 12px; }
 /* The demo model renders 64 px images: show them large and crisp, not as thumbnails or blurred. */
-#txt2img_gallery img, #txt2img_preview img, #compare_slider img, #compare_without img, #compare_with img,
+#txt2img_gallery img, #txt2img_preview img, #img2img_gallery img, #compare_slider img, #compare_without img, #compare_with img,
 #compare_sweep_grid img { image-rendering: pixelated; }
 #txt2img_preview img, #compare_without img, #compare_with img { width: 100%; height: 100%; object-fit: contain; }
 #quicksettings { align-items: end; }
@@ -75,6 +75,12 @@ def build_ui(ctx: Any) -> gr.Blocks:
                 build_styles_row(ctx, t2i.prompt, t2i.negative)
                 build_xyz_panel(ctx, t2i)
                 wire_checkpoint_switch(model_bar, t2i.prompt, bar_handlers)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                from lora_ui.ui.img2img_tab import build_extras_tab, build_img2img_tab
+
+                build_img2img_tab(ctx)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                build_extras_tab(ctx)
             compare = None
             with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
                 try:

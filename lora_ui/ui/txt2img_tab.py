@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import math
-import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,11 +17,13 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
+
 from lora_ui import limits as app_limits
 from lora_ui.limits import MAX_CFG, MAX_CLIP_SKIP, MAX_REQUEST_SEED
-from lora_ui.ui.sampling_extras import SamplingExtras, build_sampling_extras, extras_request_fields
+from lora_ui.ui.sampling_extras import EXTRA_NAMES, SamplingExtras, build_sampling_extras, extras_request_fields
 from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
+from lora_ui.ui.hires_fix import build_hires_accordion, hires_fields
 
 POLL_SECONDS = 0.25
 DEFAULT_SAMPLER = "DPM++ 2M"  # A1111 1.10's UI default
@@ -168,6 +169,15 @@ class GenerationOutput:
                 self.last_infotexts)
 
 
+def txt2img_extra_fields(*values: Any) -> dict[str, Any]:
+    """The txt2img tab's widgets after clip skip -> request fields: the seed extras / sampler options
+    (sampling_extras.EXTRA_FIELDS order), then the hires fix's (hires_fix.hires_fields order)."""
+    n = len(EXTRA_NAMES)
+    fields = extras_request_fields(values[:n]) if values[:n] else {}
+    fields.update(hires_fields(*values[n:]))
+    return fields
+
+
 class Txt2ImgHandlers(WorkerHandlers):
     """Plain-method handlers over the AppContext (unit-tested without a browser)."""
 
@@ -178,16 +188,16 @@ class Txt2ImgHandlers(WorkerHandlers):
 
     def generate(self, prompt: str, negative: str, sampler: str, schedule: str, steps: Any, cfg: Any,
                  width: Any, height: Any, seed: Any, batch_size: Any, batch_count: Any,
-                 clip_skip: Any, *extras: Any) -> Iterator[tuple]:
-        """`extras`: the "Seed extras and sampler options" values, in sampling_extras.EXTRA_FIELDS order."""
+                 clip_skip: Any, *extra_values: Any) -> Iterator[tuple]:
+        """`extra_values`: the tab's own widgets after clip skip, turned into request fields by
+        `extra_fields` (txt2img: the seed extras / sampler options, then the hires fix)."""
         keep = gr.update()
         try:
             fields = request_fields(prompt, negative, sampler, schedule, steps, cfg, width, height, seed,
                                     batch_size, batch_count, clip_skip, limits=app_limits.of(self.ctx.settings),
                                     default_size=core.default_size(self.ctx))
-            if extras:
-                fields.update(extras_request_fields(extras))
             fields["add_lora_hashes"] = bool(getattr(self.ctx.settings, "add_lora_hashes_to_infotext", True))
+            fields.update(self.extra_fields(*extra_values))
             request = self.request_factory(**fields)
         except (ValueError, TypeError) as exc:
             notify.warn(f"Not generated: {exc}")
@@ -195,7 +205,7 @@ class Txt2ImgHandlers(WorkerHandlers):
             return
         worker = self.ctx.worker
         try:
-            future = worker.txt2img(request) if hasattr(worker, "txt2img") else worker.submit(request)
+            future = self.submit(worker, request)
         except Exception as exc:  # e.g. the worker was shut down
             notify.warn(f"Not generated: {exc}")
             yield GenerationOutput("", keep, keep, keep, keep, keep, keep).values()
@@ -223,6 +233,12 @@ class Txt2ImgHandlers(WorkerHandlers):
             notify.info("Interrupted: showing what was done.")
         yield GenerationOutput("", gr.update(visible=False), paths, infotexts[0] if infotexts else "", paths, seeds,
                                infotexts).values()
+
+    extra_fields = staticmethod(txt2img_extra_fields)  # the widgets after clip skip -> request fields
+
+    @staticmethod
+    def submit(worker: Any, request: Any) -> Any:
+        return worker.txt2img(request) if hasattr(worker, "txt2img") else worker.submit(request)
 
     def interrupt(self) -> None:
         if not self.ctx.worker.interrupt():
@@ -345,6 +361,7 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
                 reuse_seed = gr.Button("Reuse", elem_id="txt2img_reuse_seed", scale=0, min_width=70, size="sm")
             clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="txt2img_clip_skip")
             extras = build_sampling_extras()
+            hires = build_hires_accordion(ctx, samplers, schedules, core.limits(ctx).max_size, core.limits(ctx).max_steps)
         with gr.Column(scale=1, elem_id="txt2img_results"):
             progress = gr.HTML("", css_template=PROGRESS_CSS, elem_id="txt2img_progress", js_on_load=None)
             preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview",
@@ -359,7 +376,7 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
                      extras)
 
     inputs = [prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_size, batch_count, clip_skip,
-              *extras.inputs()]
+              *extras.inputs(), *hires.inputs]
     outputs = [progress, preview, gallery, infotext, last_images, last_seeds, last_infotexts]
     for trigger in (generate.click,):
         trigger(h.generate, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden").then(

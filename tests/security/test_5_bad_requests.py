@@ -24,7 +24,8 @@ NORMAL = {"prompt": "a red circle on blue <lora:alpha:0.7>", "steps": 2, "seed":
     ('{"prompt": "x <lora:alpha:1:1e308>", "steps": 2}', "prompt"),
     ('{"prompt": "x", "steps": true}', "steps"),
     ('{"prompt": "x", "cfg_scale": false}', "cfg_scale"),
-    ('{"prompt": "x", "steps": 2, "enable_hr": true}', "enable_hr"),
+    ('{"prompt": "x", "steps": 2, "enable_hr": true, "hr_upscaler": "4x-Nope"}', "hr_upscaler"),
+    ('{"prompt": "x", "steps": 2, "enable_hr": "yes please"}', "enable_hr"),
     ('{"prompt": "x", "steps": 2, "styles": ["mine"]}', "styles"),
     ('{"prompt": "x", "steps": 2, "alwayson_scripts": {"x": {}}}', "alwayson_scripts"),
 ])

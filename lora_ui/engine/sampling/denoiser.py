@@ -221,6 +221,22 @@ class LCMDenoiser:
 
 # --- classifier-free guidance ---------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LatentMask:
+    """Inpainting's latent-mask method (A1111's CFGDenoiser blend): `blend(x) = x * nmask + init * mask`.
+
+    init (B, C, h, w): the init latents (already filled for "latent noise" / "latent nothing");
+    nmask (1 or B, C, h, w): 1 where the picture is repainted; mask = 1 - nmask (1 = keep the original).
+    """
+
+    init: Tensor
+    nmask: Tensor
+
+    def blend(self, x: Tensor) -> Tensor:
+        mask = 1.0 - self.nmask
+        return x * self.nmask.to(x.dtype) + self.init.to(x.device, x.dtype) * mask.to(x.dtype)
+
+
 def _stack(conds: list[Cond]) -> CondBatch:
     """Rows of possibly different lengths: shorter ones padded by repeating their last vector."""
     length = max(c.length for c in conds)
@@ -247,6 +263,8 @@ class CFGDenoiser:
         D_i = U_i + sum_j (C_ij - U_i) * (w_ij * cfg_scale * scale_multiplier), in term order.
     Every call uses step_conds(calls) and then increments `calls` (A1111 counts denoiser calls, so
     second-order samplers advance prompt editing twice per step).
+    `latent_mask` (inpainting): A1111 blends the guided output D (k-samplers, `mask_before=False`) or, for
+    the timestep samplers (`mask_before=True`), the input x before the UNet sees it.
     """
 
     inner: Callable[[Tensor, Tensor, CondBatch], Tensor]
@@ -254,6 +272,8 @@ class CFGDenoiser:
     step_conds: StepConds
     batch_cond_uncond: bool = True
     calls: int = 0
+    latent_mask: LatentMask | None = None
+    mask_before: bool = False
 
     def with_inner(self, inner: Callable[[Tensor, Tensor, CondBatch], Tensor]) -> "CFGDenoiser":
         return dataclasses.replace(self, inner=inner, calls=0)
@@ -265,6 +285,8 @@ class CFGDenoiser:
         """(guided (B,C,h,w), negative-only output (B,C,h,w))."""
         images: list[ImageConds] = self.step_conds(self.calls)
         self.calls += 1
+        if self.latent_mask is not None and self.mask_before:
+            x = self.latent_mask.blend(x)
         if len(images) != x.shape[0]:
             raise ValueError(f"step_conds gave {len(images)} images for a batch of {x.shape[0]}")
         owner = [i for i, ic in enumerate(images) for _ in ic.terms]
@@ -279,6 +301,8 @@ class CFGDenoiser:
             for _, weight in ic.terms:
                 guided[i] += (out[row] - uncond[i]) * (weight * self.cfg_scale * scale_multiplier)
                 row += 1
+        if self.latent_mask is not None and not self.mask_before:
+            guided = self.latent_mask.blend(guided)
         return guided, uncond
 
     def _run(self, x_in: Tensor, s_in: Tensor, conds: CondBatch, unconds: CondBatch, b: int) -> Tensor:

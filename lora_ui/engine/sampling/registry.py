@@ -6,6 +6,7 @@ discard_penultimate (build n + 1 sigmas, drop the next-to-last), churn (s_churn/
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
 )
 SAMPLER_NAMES: tuple[str, ...] = tuple(s.name for s in SAMPLERS)
 __all__ = ["SAMPLERS", "SAMPLER_NAMES", "SCHEDULE_NAMES", "SamplingError", "SamplingOptions", "find_sampler",
-           "find_schedule", "parse_sampler_and_schedule", "resolve_schedule", "schedule_label", "plan", "sample"]
+           "find_schedule", "parse_sampler_and_schedule", "resolve_schedule", "schedule_label", "plan", "sample",
+           "img2img_steps", "sample_img2img"]
 
 
 def find_sampler(name: str) -> SamplerSpec:
@@ -224,18 +226,80 @@ def sample(name: str, schedule: str | None, cfg: CFGDenoiser, noise: Tensor, ste
     samplers: used as is). `brownian_factory(x, sigma_min, sigma_max)` builds the per-image Brownian
     noise_sampler for SDE samplers (interval [min sigma > 0, max sigma]).
     """
+    denoiser, spec, model_schedule = _resolve(name, cfg)
+    p = plan(name, schedule, steps, model_schedule, options)
+    if spec.family == "timestep":
+        abar = denoiser.schedule.alphas_cumprod.to(noise.device)
+        return _run_timestep(p, cfg.with_inner(denoiser.eps_at_timestep), abar, noise, p.timesteps.to(noise.device),
+                             noise_source, callback, options)
+    sigmas = p.sigmas.to(noise.device)
+    x = noise * (torch.sqrt(1.0 + sigmas[0] ** 2) if options.sgm_noise_multiplier else sigmas[0])
+    dpm_range = (model_schedule.sigma_min, model_schedule.sigma_max, steps)
+    return _run_k(p, _k_model(spec, cfg, denoiser), x, sigmas, sigmas, dpm_range, noise_source, brownian_factory,
+                  callback, options)
+
+
+def img2img_steps(steps: int, denoising_strength: float, exact: bool = False) -> tuple[int, int]:
+    """A1111's `setup_img2img_steps`: (schedule length, t_enc).
+
+    Default: (steps, int(min(d, 0.999) * steps)). With "Always do exact number of steps" (`exact`; hires
+    fix always passes its steps, so it always takes this branch): (int(steps / min(d, 0.999)), steps - 1),
+    or (0, steps - 1) at d = 0. The sampler then runs t_enc + 1 iterations (k-samplers)."""
+    d = min(float(denoising_strength), 0.999)
+    if exact:
+        return (int(steps / d) if denoising_strength > 0 else 0), steps - 1
+    return steps, int(d * steps)
+
+
+def sample_img2img(name: str, schedule: str | None, cfg: CFGDenoiser, init: Tensor, noise: Tensor, steps: int,
+                   t_enc: int, noise_source: K.NoiseSource, brownian_factory: BrownianFactory | None = None,
+                   callback: K.Callback = None, options: SamplingOptions = SamplingOptions()) -> Tensor:
+    """A1111's `sample_img2img` from `init` latents (B, C, h, w) with the first draw `noise` (B, C, h, w).
+
+    `steps`, `t_enc`: from `img2img_steps`. k-samplers/LCM: the plan's sigmas for `steps`,
+    sigma_sched = sigmas[steps - t_enc - 1:], x = init + noise * sigma_sched[0], then the sampler over
+    sigma_sched (DPM fast/adaptive: from sigma_sched[0] to sigma_sched[-2], n = len - 1); SDE samplers'
+    Brownian interval is that of the full sigma list. Timestep samplers: tau for `steps`,
+    x = init sqrt(abar[tau[t_enc]]) + noise sqrt(1 - abar[tau[t_enc]]), then the loop over tau[:t_enc]
+    (A1111's: the first UNet call is at tau[t_enc - 1]); UniPC runs t_enc steps from
+    t = tau[t_enc - 1] / 1000 + 0.001. A `cfg.latent_mask` is blended after (k) / before (timestep) each call.
+    """
+    denoiser, spec, model_schedule = _resolve(name, cfg)
+    p = plan(name, schedule, steps, model_schedule, options)
+    if spec.family == "timestep":
+        abar = denoiser.schedule.alphas_cumprod.to(noise.device)
+        taus = p.timesteps.to(noise.device)
+        a = abar[taus[t_enc]]
+        x = init * torch.sqrt(a) + noise * torch.sqrt(1 - a)
+        model = dataclasses.replace(cfg.with_inner(denoiser.eps_at_timestep), mask_before=True)
+        return _run_timestep(p, model, abar, x, taus[:t_enc], noise_source, callback, options, img2img=True)
+    sigmas = p.sigmas.to(noise.device)
+    sched = sigmas[steps - t_enc - 1:]
+    x = init + noise * sched[0]
+    dpm_range = (float(sched[-2]), float(sched[0]), len(sched) - 1)
+    return _run_k(p, _k_model(spec, cfg, denoiser), x, sched, sigmas, dpm_range, noise_source, brownian_factory,
+                  callback, options)
+
+
+def _resolve(name: str, cfg: CFGDenoiser) -> tuple[DiscreteDenoiser, SamplerSpec, DiscreteSchedule]:
     denoiser = cfg.inner
     if not isinstance(denoiser, DiscreteDenoiser):
         raise SamplingError("sample() needs a CFGDenoiser over a DiscreteDenoiser")
     spec = find_sampler(name)
     model_schedule = LCMDenoiser(denoiser).schedule if spec.family == "lcm" else denoiser.schedule
-    p = plan(name, schedule, steps, model_schedule, options)
-    if spec.family == "timestep":
-        abar = denoiser.schedule.alphas_cumprod.to(noise.device)
-        return _run_timestep(p, cfg.with_inner(denoiser.eps_at_timestep), abar, noise, noise_source, callback, options)
-    model = cfg.with_inner(LCMDenoiser(denoiser)) if spec.family == "lcm" else cfg
-    sigmas = p.sigmas.to(noise.device)
-    x = noise * (torch.sqrt(1.0 + sigmas[0] ** 2) if options.sgm_noise_multiplier else sigmas[0])
+    return denoiser, spec, model_schedule
+
+
+def _k_model(spec: SamplerSpec, cfg: CFGDenoiser, denoiser: DiscreteDenoiser) -> CFGDenoiser:
+    return cfg.with_inner(LCMDenoiser(denoiser)) if spec.family == "lcm" else cfg
+
+
+def _run_k(p: Plan, model: CFGDenoiser, x: Tensor, sigmas: Tensor, full_sigmas: Tensor,
+           dpm_range: tuple[float, float, int], noise_source: K.NoiseSource,
+           brownian_factory: BrownianFactory | None, callback: K.Callback, options: SamplingOptions) -> Tensor:
+    """A k-sampler from x over `sigmas`; the Brownian tree spans `full_sigmas`; DPM fast/adaptive
+    integrate over dpm_range = (sigma_min, sigma_max, n)."""
+    spec = p.spec
     kwargs: dict = dict(spec.extra)
     params = inspect.signature(spec.fn).parameters
     if p.eta is not None:
@@ -248,20 +312,23 @@ def sample(name: str, schedule: str | None, cfg: CFGDenoiser, noise: Tensor, ste
     if spec.brownian:
         if brownian_factory is None:
             raise SamplingError(f"{spec.name} needs a Brownian noise_sampler factory")
-        positive = sigmas[sigmas > 0]
-        kwargs["noise_sampler"] = brownian_factory(x, float(positive.min()), float(sigmas.max()))
-    if "sigma_min" in params:                               # DPM fast / adaptive: the model's full range
-        kwargs.update(sigma_min=model_schedule.sigma_min, sigma_max=model_schedule.sigma_max)
+        positive = full_sigmas[full_sigmas > 0]
+        kwargs["noise_sampler"] = brownian_factory(x, float(positive.min()), float(full_sigmas.max()))
+    if "sigma_min" in params:                               # DPM fast / adaptive
+        kwargs.update(sigma_min=dpm_range[0], sigma_max=dpm_range[1])
         if "n" in params:
-            kwargs["n"] = steps
+            kwargs["n"] = dpm_range[2]
         return spec.fn(model, x, noise=noise_source, callback=callback, **kwargs)
     return spec.fn(model, x, sigmas, noise=noise_source, callback=callback, **kwargs)
 
 
-def _run_timestep(p: Plan, model: CFGDenoiser, abar: Tensor, z: Tensor, noise_source: K.NoiseSource,
-                  callback: K.Callback, options: SamplingOptions) -> Tensor:
+def _run_timestep(p: Plan, model: CFGDenoiser, abar: Tensor, z: Tensor, timesteps: Tensor,
+                  noise_source: K.NoiseSource, callback: K.Callback, options: SamplingOptions,
+                  img2img: bool = False) -> Tensor:
     if p.spec.name == "UniPC":
-        return T.sample_unipc(model, z, len(p.timesteps), abar, callback=callback, order=options.uni_pc_order,
-                              variant=options.uni_pc_variant, lower_order_final=options.uni_pc_lower_order_final)
+        t_start = float(timesteps[-1]) / 1000 + 1 / 1000 if img2img else None
+        return T.sample_unipc(model, z, len(timesteps), abar, callback=callback, order=options.uni_pc_order,
+                              variant=options.uni_pc_variant, lower_order_final=options.uni_pc_lower_order_final,
+                              t_start=t_start)
     kwargs = {"eta": p.eta} if p.eta is not None else {}
-    return p.spec.fn(model, z, p.timesteps.to(z.device), abar, noise=noise_source, callback=callback, **kwargs)
+    return p.spec.fn(model, z, timesteps, abar, noise=noise_source, callback=callback, **kwargs)

@@ -143,9 +143,9 @@ class VPSchedule:
         return la - 0.5 * torch.log(1.0 - torch.exp(2.0 * la))
 
 
-def unipc_times(steps: int, num_train: int = 1000) -> Tensor:
-    """time_uniform: t = linspace(1, 1/1000, steps + 1) (float32)."""
-    return torch.linspace(1.0, 1.0 / num_train, steps + 1)
+def unipc_times(steps: int, num_train: int = 1000, t_start: float | None = None) -> Tensor:
+    """time_uniform: t = linspace(t_start (default 1), 1/1000, steps + 1) (float32)."""
+    return torch.linspace(1.0 if t_start is None else t_start, 1.0 / num_train, steps + 1)
 
 
 def unipc_unet_timestep(t: Tensor, num_train: int = 1000) -> Tensor:
@@ -213,13 +213,14 @@ class _UniPC:
 @torch.no_grad()
 def sample_unipc(model: EpsModel, x: Tensor, steps: int, alphas_cumprod: Tensor, *,
                  noise: NoiseSource | None = None, callback: Callback = None, order: int = 3,
-                 variant: str = "bh1", lower_order_final: bool = True) -> Tensor:
+                 variant: str = "bh1", lower_order_final: bool = True, t_start: float | None = None) -> Tensor:
     """UniPC multistep in data prediction (A1111: bh1, order 3, time_uniform, lower_order_final), steps =
-    len(tau) = N: `steps` model calls (the corrector runs on every step but the last). No noise draws."""
+    len(tau) = N: `steps` model calls (the corrector runs on every step but the last). No noise draws.
+    `t_start` (img2img): start there instead of t = 1."""
     if steps < order:
-        raise ValueError(f"UniPC needs at least order={order} steps")
+        raise ValueError(f"UniPC needs at least order={order} steps (img2img: steps x denoising strength)")
     solver = _UniPC(model, VPSchedule(alphas_cumprod), variant)
-    times = unipc_times(steps)                                   # 0-d t per step
+    times = unipc_times(steps, t_start=t_start)                                   # 0-d t per step
     models, ts = [solver.x0(x, times[0])], [times[0]]
     for step in range(1, steps + 1):
         t = times[step]
