@@ -12,6 +12,8 @@ default for a missing key:
     Variation seed(+strength)  -, 0      Seed resize from   0x0 (off)
     ENSD               0                 Eta / Eta DDIM     the sampler's default
     Sigma churn/tmin/tmax/noise, Schedule min sigma/max sigma/rho: 0 (1 for noise) = A1111's defaults
+    Hires upscale/resize/steps/upscaler/sampler/...   hires fix off
+    VAE                the app's own VAE setting (a pasted name selects that file)
 
 Keys that change the picture but that this app does not render (hires fix, VAE, refiner...) are named in
 the messages, never dropped silently.
@@ -34,9 +36,10 @@ _NUMBERS: dict[str, tuple[str, Any]] = {
 }
 _INTS = {"steps", "seed", "width", "height", "clip_skip", "subseed", "seed_resize_from_w", "seed_resize_from_h", "ensd"}
 # keys A1111 writes that change the image and that this app does not (yet) honour
-NOT_RENDERED = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Denoising strength", "VAE",
-                "VAE hash", "TI hashes", "Refiner", "Face restoration", "Tiling", "Pad conds", "Pad conds v0",
+NOT_RENDERED = ("Refiner", "Face restoration", "Tiling", "Pad conds", "Pad conds v0",
                 "Old prompt editing timelines", "Downcast alphas_cumprod", "NGMS", "Emphasis")
+# the hires fix's fields when the infotext has no hires keys (A1111: off)
+HIRES_OFF = {"enable_hr": False}
 
 
 def _number(field: str, value: Any) -> Any:
@@ -93,7 +96,21 @@ def request_fields_from_infotext(parsed: Mapping[str, Any]) -> tuple[dict[str, A
         except (TypeError, ValueError):
             messages.append(f"{key} '{parsed[key]}' is not a number; kept the current one")
     fields["negative_prompt"] = str(parsed.get("Negative prompt", ""))
+    fields.update(_hires(parsed, messages))
+    if "VAE" in parsed:  # no key: the app's own VAE setting, as A1111 (it does not reset sd_vae on paste)
+        fields["vae"] = str(parsed["VAE"])
     ignored = [k for k in NOT_RENDERED if k in parsed]
     if ignored:
         messages.append("Not applied (this app does not render them yet): " + ", ".join(ignored))
     return fields, messages
+
+
+def _hires(parsed: Mapping[str, Any], messages: list[str]) -> dict[str, Any]:
+    """The hires fix fields (engine.hires reads its own infotext keys); off when the keys are missing."""
+    from lora_ui.engine.hires import hires_request_from_infotext
+
+    try:
+        return hires_request_from_infotext(dict(parsed)) or dict(HIRES_OFF)
+    except (TypeError, ValueError) as exc:
+        messages.append(f"Hires fix values not usable ({exc}); hires fix left as it is")
+        return {}

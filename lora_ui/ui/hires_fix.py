@@ -10,6 +10,14 @@ from typing import Any
 import gradio as gr
 
 SAME = "Use same"
+# Txt2ImgRequest hires fields, in HiresControls.field_components order
+HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps", "denoising_strength", "hr_resize_x",
+                "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
+
+
+def hires_widget_value(field: str, value: Any) -> Any:
+    """A request field's value as its widget shows it ("" sampler/schedule -> "Use same")."""
+    return SAME if field in ("hr_sampler_name", "hr_scheduler") and not value else value
 
 
 @dataclass
@@ -25,6 +33,13 @@ class HiresControls:
     scheduler: Any
     prompt: Any
     negative: Any
+
+    def field_components(self) -> dict[str, Any]:
+        """Txt2ImgRequest hires field -> its widget (for PNG Info's "send to txt2img")."""
+        return {"enable_hr": self.enable, "hr_upscaler": self.upscaler, "hr_scale": self.scale,
+                "hr_second_pass_steps": self.steps, "denoising_strength": self.denoising,
+                "hr_resize_x": self.resize_x, "hr_resize_y": self.resize_y, "hr_sampler_name": self.sampler,
+                "hr_scheduler": self.scheduler, "hr_prompt": self.prompt, "hr_negative_prompt": self.negative}
 
     @property
     def inputs(self) -> list:

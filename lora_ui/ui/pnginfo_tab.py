@@ -10,13 +10,14 @@ import gradio as gr
 
 from lora_ui import infotext as infotext_mod
 from lora_ui.ui import notify
+from lora_ui.ui.hires_fix import HIRES_FIELDS, hires_widget_value
 from lora_ui.ui.sampling_extras import EXTRA_NAMES
 
 NO_METADATA = "This image has no generation parameters (no PNG 'parameters' chunk or EXIF comment)."
 
 # Txt2ImgRequest fields "Send to txt2img" fills, in the order of its outputs (after the prompt).
 SEND_FIELDS = ("negative_prompt", "sampler", "scheduler", "steps", "cfg_scale", "width", "height", "seed", "clip_skip",
-               *EXTRA_NAMES)
+               *EXTRA_NAMES, *HIRES_FIELDS)
 
 
 def read_parameters(image_path: str | None) -> tuple[str, list[list[str]]]:
@@ -56,7 +57,7 @@ def txt2img_values(text: str, library: Any, choices: dict[str, list[str]] | None
     for field, allowed in (choices or {}).items():
         if field in values and values[field] not in allowed:
             messages.append(f"{field} '{values.pop(field)}' is not available here; kept the current one")
-    return prompt, {k: v for k, v in values.items() if k in SEND_FIELDS}, messages
+    return prompt, {k: hires_widget_value(k, v) for k, v in values.items() if k in SEND_FIELDS}, messages
 
 
 @dataclass

@@ -23,7 +23,7 @@ from lora_ui.limits import MAX_CFG, MAX_CLIP_SKIP, MAX_REQUEST_SEED
 from lora_ui.ui.sampling_extras import EXTRA_NAMES, SamplingExtras, build_sampling_extras, extras_request_fields
 from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
-from lora_ui.ui.hires_fix import build_hires_accordion, hires_fields
+from lora_ui.ui.hires_fix import HiresControls, build_hires_accordion, hires_fields
 
 POLL_SECONDS = 0.25
 DEFAULT_SAMPLER = "DPM++ 2M"  # A1111 1.10's UI default
@@ -298,13 +298,15 @@ class Txt2ImgTab:
     selected_index: gr.State
     last_image: gr.State      # path of the selected/first image of the last generation (for previews)
     extras: SamplingExtras | None = None
+    hires: HiresControls | None = None
 
     def field_components(self) -> dict[str, Any]:
         """Txt2ImgRequest field -> component, for PNG Info's 'send to txt2img'."""
         main = {"negative_prompt": self.negative, "sampler": self.sampler, "scheduler": self.schedule,
                 "steps": self.steps, "cfg_scale": self.cfg, "width": self.width, "height": self.height,
                 "seed": self.seed, "clip_skip": self.clip_skip}
-        return {**main, **(self.extras.components if self.extras is not None else {})}
+        return {**main, **(self.extras.components if self.extras is not None else {}),
+                **(self.hires.field_components() if self.hires is not None else {})}
 
 
 PROGRESS_CSS = """
@@ -373,7 +375,7 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
     tab = Txt2ImgTab(prompt, negative, generate, interrupt, skip, sampler, schedule, steps, cfg, width, height,
                      seed, random_seed, reuse_seed, batch_size, batch_count, clip_skip, progress, preview, gallery,
                      infotext, send_to_compare, last_images, last_seeds, last_infotexts, selected_index, last_image,
-                     extras)
+                     extras, hires)
 
     inputs = [prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_size, batch_count, clip_skip,
               *extras.inputs(), *hires.inputs]

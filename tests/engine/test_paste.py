@@ -27,7 +27,7 @@ def test_every_sampling_key_reaches_its_field():
         "rng": "NV", "eta": 0.6, "steps": 7, "cfg_scale": 6.5, "seed": 3135098381, "width": 64, "height": 64,
         "clip_skip": 2, "subseed": 77, "subseed_strength": 0.25, "seed_resize_from_w": 48, "seed_resize_from_h": 40,
         "ensd": 31337, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 0.9, "sigma_min": 0.0,
-        "sigma_max": 0.0, "rho": 3.5, "negative_prompt": "green, blurry"}
+        "sigma_max": 0.0, "rho": 3.5, "negative_prompt": "green, blurry", "enable_hr": False}
 
 
 def test_missing_keys_are_a1111_defaults_not_the_current_widgets():
@@ -55,12 +55,21 @@ def test_old_sampler_names(sampler, want):
 
 def test_unusable_and_unrendered_keys_are_named():
     text = ("x\nSteps: 5, Sampler: Bogus, CFG scale: 7, Seed: 1, Size: 8x8, RNG: Quantum, Eta: lots, "
-            "Denoising strength: 0.7, Hires upscale: 2, ENSD: many")
+            "Face restoration: CodeFormer, ENSD: many")
     fields, messages = request_fields_from_infotext(parse_infotext(text))
     joined = " | ".join(messages)
     assert "Sampler" in joined and "Quantum" in joined and "Eta 'lots'" in joined and "ENSD 'many'" in joined
-    assert "Hires upscale" in joined and "Denoising strength" in joined
+    assert "Not applied" in joined and "Face restoration" in joined
     assert "sampler" not in fields and fields["rng"] == "GPU" and fields["eta"] is None and "ensd" not in fields
+
+
+def test_hires_and_vae_keys_are_applied():
+    text = ("x\nSteps: 5, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Denoising strength: 0.45, "
+            "Hires upscale: 2, Hires steps: 3, Hires upscaler: Latent (nearest), VAE: my-vae.safetensors")
+    fields, messages = request_fields_from_infotext(parse_infotext(text))
+    assert messages == []
+    assert (fields["enable_hr"], fields["hr_scale"], fields["hr_second_pass_steps"], fields["hr_upscaler"],
+            fields["denoising_strength"], fields["vae"]) == (True, 2.0, 3, "Latent (nearest)", 0.45, "my-vae.safetensors")
 
 
 def test_a_pasted_infotext_renders_the_picture_it_describes(sd1_model):

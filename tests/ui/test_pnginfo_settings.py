@@ -60,7 +60,8 @@ def test_send_to_txt2img_resolves_renamed_lora_by_hash_and_restores_settings(ctx
         "negative_prompt": "blurry", "sampler": "DPM++ 2M", "scheduler": "Automatic", "steps": 12,
         "cfg_scale": 6.5, "width": 48, "height": 64, "seed": 777, "clip_skip": 2, "subseed": -1,
         "subseed_strength": 0.0, "seed_resize_from_w": 0, "seed_resize_from_h": 0, "rng": "GPU", "ensd": 0,
-        "eta": None, "s_churn": 0.0, "s_noise": 1.0, "sigma_min": 0.0, "sigma_max": 0.0, "rho": 0.0}
+        "eta": None, "s_churn": 0.0, "s_noise": 1.0, "sigma_min": 0.0, "sigma_max": 0.0, "rho": 0.0,
+        **{f: {"__type__": "update"} for f in pi.SEND_FIELDS[-11:]}, "enable_hr": False}
 
 
 def test_send_keeps_widgets_for_unknown_sampler_and_missing_keys(ctx):
