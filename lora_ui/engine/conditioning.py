@@ -118,12 +118,17 @@ class PromptChunk:
 
 
 def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
-    """Prompt -> chunks of 77 ids and weights, exactly as A1111's tokenize_line (no embeddings)."""
+    """Prompt -> chunks of 77 ids and weights, exactly as A1111's tokenize_line. A bundled embedding
+    (LoRA `bundle_emb.*`, installed by lora.embeddings.EmbeddingSet) gives all its vectors, kept in
+    one chunk when it fits one (A1111: an embedding that does not fit starts the next chunk)."""
+    from lora_ui.lora.embeddings import EMBEDDING_IDS_ATTR
+
     parsed = parse_prompt_attention(prompt)
     texts = [t for t, _ in parsed]
     ids_per_segment = tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.get_vocab().get(",</w>")
+    groups = getattr(tokenizer, EMBEDDING_IDS_ATTR, None) or {}
 
     chunks: list[PromptChunk] = []
     chunk = PromptChunk()
@@ -141,24 +146,35 @@ def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
         chunk = PromptChunk()
         last_comma = -1
 
+    def add(token: int, weight: float) -> None:
+        nonlocal chunk, last_comma
+        if token == comma:
+            last_comma = len(chunk.tokens)
+        elif (len(chunk.tokens) == CHUNK_LENGTH and last_comma != -1
+              and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK):
+            cut = last_comma + 1
+            moved_tokens, moved_mults = chunk.tokens[cut:], chunk.multipliers[cut:]
+            chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
+            next_chunk()
+            chunk.tokens, chunk.multipliers = moved_tokens, moved_mults
+        if len(chunk.tokens) == CHUNK_LENGTH:
+            next_chunk()
+        chunk.tokens.append(token)
+        chunk.multipliers.append(weight)
+
     for ids, (text, weight) in zip(ids_per_segment, parsed):
         if (text, weight) == BREAK_MARK:
             next_chunk()
             continue
         for token in ids:
-            if token == comma:
-                last_comma = len(chunk.tokens)
-            elif (len(chunk.tokens) == CHUNK_LENGTH and last_comma != -1
-                  and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK):
-                cut = last_comma + 1
-                moved_tokens, moved_mults = chunk.tokens[cut:], chunk.multipliers[cut:]
-                chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
+            unit = groups.get(token)
+            if unit is None:
+                add(token, weight)
+                continue
+            if len(unit) <= CHUNK_LENGTH and len(chunk.tokens) + len(unit) > CHUNK_LENGTH:
                 next_chunk()
-                chunk.tokens, chunk.multipliers = moved_tokens, moved_mults
-            if len(chunk.tokens) == CHUNK_LENGTH:
-                next_chunk()
-            chunk.tokens.append(token)
-            chunk.multipliers.append(weight)
+            for vector_token in unit:
+                add(vector_token, weight)
     if chunk.tokens or not chunks:
         next_chunk()
     return chunks

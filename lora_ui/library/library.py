@@ -453,7 +453,9 @@ class LoraLibrary:
                 warnings.append(f"{written}: {entry.rel_path} is a pickle file, which can run code when loaded; "
                                 "start with --allow-pickle to use it; ignored")
                 continue
-            specs.append(LoraSpec(path=entry.path, name=entry.name, te=tag.te, unet=tag.unet_weight, dyn=tag.dyn,
+            # name: as written in the prompt (A1111's mentioned name): "Lora hashes" is keyed by it, so a
+            # tag written by its alias finds its hash when the infotext is pasted
+            specs.append(LoraSpec(path=entry.path, name=tag.name.strip() or entry.name, te=tag.te, unet=tag.unet_weight, dyn=tag.dyn,
                                   lbw=tag.lbw, start=tag.start, stop=tag.stop))
         return specs, warnings
 
