@@ -15,7 +15,7 @@ from lora_ui.ui.active_loras import build_active_loras
 from lora_ui.ui.lora_browser import BrowserHandlers, ThumbnailCache, build_lora_browser
 from lora_ui.ui.pnginfo_tab import SEND_FIELDS, PngInfoHandlers, build_pnginfo_tab
 from lora_ui.ui.settings_tab import build_settings_tab
-from lora_ui.ui.txt2img_tab import build_txt2img_tab
+from lora_ui.ui.txt2img_tab import Txt2ImgHandlers, build_txt2img_tab
 
 UI_CSS = """
 #txt2img_generate { min-height: 72px; font-size: 1.1em; }
@@ -59,7 +59,9 @@ def build_ui(ctx: Any) -> gr.Blocks:
                     with gr.Accordion("LoRA", open=True, elem_id="lora_browser"):
                         panes["browser"] = build_lora_browser(ctx, prompt, last_image, browser_handlers)
 
-                t2i = build_txt2img_tab(ctx, lora_panes)
+                temp_dir = core.ui_temp_dir(ctx)
+                t2i = build_txt2img_tab(ctx, lora_panes,
+                                        Txt2ImgHandlers(ctx, temp_dir=temp_dir) if temp_dir is not None else None)
             compare = None
             with gr.Tab("Compare", id="compare", elem_id="tab_compare"):
                 try:
