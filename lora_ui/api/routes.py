@@ -125,11 +125,12 @@ class SdApi:
         return path.resolve() == current.path.resolve()
 
     def _current_title(self, current) -> str:
-        """The current model's title as /sd-models lists it (unique even when file names repeat)."""
+        """The current model's title; qualified by its folder as /sd-models lists it when another
+        checkpoint has the same file name (so the title selects this file)."""
         if current.path is not None:
             for info in self.ctx.models.list():
-                if Path(info.path).resolve() == Path(current.path).resolve():
-                    return info.title
+                if Path(info.path).resolve() == Path(current.path).resolve() and info.filename != current.filename:
+                    return f"{info.filename} [{current.short_hash}]" if current.short_hash else info.filename
         return current.title
 
     @staticmethod

@@ -30,7 +30,10 @@ def test_checkpoints_sharing_a_name_get_unique_selectable_titles(api_env, client
             r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": title})
             assert r.status_code == 200, r.text
             assert api_env.ctx.models.current.path.resolve() == path.resolve()
-            assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == title
+            shown = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+            assert shown.rsplit(" [", 1)[0] == title.rsplit(" [", 1)[0]  # (the hash may be known by now)
+            assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": shown}).status_code == 200
+            assert api_env.ctx.models.current.path.resolve() == path.resolve()
     finally:
         settings.ckpt_dirs = settings.ckpt_dirs[:-1]
         if api_env.ctx.models.current.path.resolve() != original.resolve():
