@@ -93,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     from lora_ui.ui import build_ui
     from lora_ui.ui.app import UI_CSS
 
+    from lora_ui.ui.core_access import gradio_allowed_paths
+
     blocks = build_ui(ctx)
     app, local_url, _ = blocks.queue().launch(
         server_name=settings.server_name, server_port=settings.port,
+        allowed_paths=gradio_allowed_paths(settings),  # images under a --data-dir outside the working dir
         auth=settings.gradio_auth or None, inbrowser=settings.autolaunch,
         prevent_thread_lock=True, share=False, ssr_mode=False, css=UI_CSS,
     )

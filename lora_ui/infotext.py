@@ -371,14 +371,30 @@ def resolve_pasted_loras(prompt: str, lora_hashes: Any, library: Any) -> tuple[s
 
     Returns (new prompt, messages for the user). Tags without a hash, or whose hash matches nothing
     here, are kept as written (with a message when the name is unknown too).
+
+    The hash is looked up under the name as written (A1111 keys "Lora hashes" by it, and so does this
+    app). Images written before that was so keyed the hash by the file's stem while the prompt named
+    the alias: a tag without a hash of its own takes a hash no tag names whose file here has the tag's
+    name as its alias or stem.
     """
     hashes = parse_lora_hashes(lora_hashes) if not isinstance(lora_hashes, Mapping) else dict(lora_hashes)
     messages: list[str] = []
+    if not isinstance(prompt, str):
+        return "", ["pasted prompt is not text"]
+    written_names = {m.group(1).replace(":", "").replace(",", "").strip() for m in _RE_PASTED_LORA.finditer(prompt)}
+    orphan_hashes = [h for name, h in hashes.items() if name not in written_names]
+
+    def hash_by_alias(clean: str) -> str | None:
+        for short_hash in orphan_hashes:
+            entry = library.find_by_hash(short_hash)
+            if entry is not None and clean in (getattr(entry, "alias", None), getattr(entry, "name", None)):
+                return short_hash
+        return None
 
     def replacement(match: re.Match) -> str:
         written = match.group(1)
         clean = written.replace(":", "").replace(",", "").strip()
-        short_hash = hashes.get(clean)
+        short_hash = hashes.get(clean) or (hash_by_alias(clean) if orphan_hashes else None)
         local_by_name = library.resolve(written.strip())
         if not short_hash:
             if local_by_name is None:
@@ -398,6 +414,4 @@ def resolve_pasted_loras(prompt: str, lora_hashes: Any, library: Any) -> tuple[s
         messages.append(f"<lora:{written}>: matched by hash {short_hash} to the local file '{local_name}'")
         return f"<lora:{local_name}:"
 
-    if not isinstance(prompt, str):
-        return "", ["pasted prompt is not text"]
     return _RE_PASTED_LORA.sub(replacement, prompt), messages

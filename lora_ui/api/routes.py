@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -126,13 +126,22 @@ class SdApi:
         current = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
         if current is None:
             return False
-        if ref in {current.title, current.name, current.filename}:
-            return True
-        try:
+        try:  # by path: two checkpoints may share a file name (one per --ckpt-dir folder)
             path = self.ctx.models.resolve(ref)
-        except Exception:  # noqa: BLE001 - an unresolvable ref is simply not the current model
-            return False
-        return path is not None and current.path is not None and path.resolve() == current.path.resolve()
+        except Exception:  # noqa: BLE001 - an unresolvable ref is the current model only by its own title
+            return ref in {current.title, current.name, current.filename}
+        if path is None or current.path is None:
+            return ref in {current.title, current.name, current.filename}
+        return path.resolve() == current.path.resolve()
+
+    def _current_title(self, current) -> str:
+        """The current model's title; qualified by its folder as /sd-models lists it when another
+        checkpoint has the same file name (so the title selects this file)."""
+        if current.path is not None:
+            for info in self.ctx.models.list():
+                if Path(info.path).resolve() == Path(current.path).resolve() and info.filename != current.filename:
+                    return f"{info.filename} [{current.short_hash}]" if current.short_hash else info.filename
+        return current.title
 
     @staticmethod
     def _clip_skip_override(overrides: dict[str, Any], field: str) -> int | None:
@@ -567,7 +576,7 @@ class SdApi:
         current = self.ctx.worker.model or getattr(self.ctx.models, "current", None)
         outputs = getattr(self.ctx.worker, "outputs_dir", None)
         return {
-            "sd_model_checkpoint": current.title if current is not None else None,
+            "sd_model_checkpoint": self._current_title(current) if current is not None else None,
             "sd_vae": self.ctx.models.vaes.selection,
             "sd_checkpoint_hash": current.short_hash if current is not None else None,
             "CLIP_stop_at_last_layers": self.clip_skip,

@@ -200,6 +200,7 @@ def list_checkpoints(dirs, *, extra: list[Path] | None = None) -> list[Checkpoin
     folders (`model_index.json`), sorted by name. Hashes only when already computed (hashing a 6 GB
     file on every listing is what users complain about); `extra` paths are listed too."""
     found: dict[Path, CheckpointInfo] = {}
+    roots: dict[Path, Path | None] = {}  # resolved path -> the folder it was found under (None: extra)
     for root in [Path(d) for d in dirs or []]:
         if not root.is_dir():
             continue
@@ -208,6 +209,7 @@ def list_checkpoints(dirs, *, extra: list[Path] | None = None) -> list[Checkpoin
             if (here / "model_index.json").is_file() and here != root:
                 rel = here.relative_to(root).as_posix()
                 found[here.resolve()] = CheckpointInfo(here, rel, rel, cached_short_hash(here))
+                roots.setdefault(here.resolve(), root)
                 dirnames[:] = []  # a diffusers folder's subfolders are its components
                 continue
             dirnames.sort()
@@ -216,11 +218,37 @@ def list_checkpoints(dirs, *, extra: list[Path] | None = None) -> list[Checkpoin
                 if p.suffix.lower() in SAFETENSORS_EXT + (".ckpt", ".pt"):
                     rel = p.relative_to(root).as_posix()
                     found[p.resolve()] = CheckpointInfo(p, rel.rsplit(".", 1)[0], rel, cached_short_hash(p))
+                    roots.setdefault(p.resolve(), root)
     for p in extra or []:
         p = Path(p)
         if p.exists() and p.resolve() not in found:
             found[p.resolve()] = CheckpointInfo(p, p.stem if p.is_file() else p.name, p.name, cached_short_hash(p))
-    return sorted(found.values(), key=lambda c: c.filename.lower())
+            roots[p.resolve()] = None
+    return sorted(_unique_names(found, roots), key=lambda c: c.filename.lower())
+
+
+def _unique_names(found: dict[Path, CheckpointInfo], roots: dict[Path, Path | None]) -> list[CheckpointInfo]:
+    """Two checkpoints with the same relative name (one per --ckpt-dir folder, or an extra path) would
+    share a title, and only the first could be picked: each of them is named by its folder instead
+    ("<folder name>/<relative name>", else "<full folder path>/<relative name>"), so every title is
+    unique and resolves to its own file."""
+    by_filename: dict[str, list[Path]] = {}
+    for key, info in found.items():
+        by_filename.setdefault(info.filename.casefold(), []).append(key)
+    for keys in by_filename.values():
+        if len(keys) < 2:
+            continue
+        for qualify in (lambda r: r.name, lambda r: r.as_posix()):
+            renamed = {}
+            for key in keys:
+                info, root = found[key], roots.get(key)
+                folder = qualify(root) if root is not None else qualify(info.path.parent)
+                renamed[key] = CheckpointInfo(info.path, f"{folder}/{info.name}", f"{folder}/{info.filename}",
+                                              info.short_hash)
+            if len({r.filename.casefold() for r in renamed.values()}) == len(keys):
+                break
+        found.update(renamed)
+    return list(found.values())
 
 
 # ----------------------------------------------------------------------------------------------

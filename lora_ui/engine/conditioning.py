@@ -181,14 +181,19 @@ class PromptChunk:
 
 
 def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
-    """Prompt -> chunks of 77 ids and weights, exactly as A1111's tokenize_line (with the embeddings of
-    an active token_substitution hook: an embedding never straddles two chunks)."""
+    """Prompt -> chunks of 77 ids and weights, exactly as A1111's tokenize_line. Embeddings - those of an
+    active token_substitution hook (textual inversion files) and a LoRA's bundled ones (`bundle_emb.*`,
+    installed by lora.embeddings.EmbeddingSet as added tokens) - give all their vectors, kept in one chunk
+    when they fit one (A1111: an embedding that does not fit starts the next chunk)."""
+    from lora_ui.lora.embeddings import EMBEDDING_IDS_ATTR
+
     hook = _SUBSTITUTION.get()
     parsed = parse_prompt_attention(prompt)
     texts = [t for t, _ in parsed]
     ids_per_segment = tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.get_vocab().get(",</w>")
+    groups = getattr(tokenizer, EMBEDDING_IDS_ATTR, None) or {}
 
     chunks: list[PromptChunk] = []
     chunk = PromptChunk()
@@ -205,6 +210,22 @@ def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
         chunks.append(chunk)
         chunk = PromptChunk()
         last_comma = -1
+
+    def add(token: int, weight: float) -> None:
+        nonlocal chunk, last_comma
+        if token == comma:
+            last_comma = len(chunk.tokens)
+        elif (len(chunk.tokens) == CHUNK_LENGTH and last_comma != -1
+              and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK):
+            cut = last_comma + 1
+            moved_tokens, moved_mults = chunk.tokens[cut:], chunk.multipliers[cut:]
+            chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
+            next_chunk()
+            chunk.tokens, chunk.multipliers = moved_tokens, moved_mults
+        if len(chunk.tokens) == CHUNK_LENGTH:
+            next_chunk()
+        chunk.tokens.append(token)
+        chunk.multipliers.append(weight)
 
     for ids, (text, weight) in zip(ids_per_segment, parsed):
         if (text, weight) == BREAK_MARK:
@@ -225,9 +246,20 @@ def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
             if len(chunk.tokens) == CHUNK_LENGTH:
                 next_chunk()
             found = hook.find(tokenizer, ids, position) if hook is not None else None
-            if found is None:
+            unit = groups.get(token) if found is None else None
+            if found is None and unit is None:
                 chunk.tokens.append(token)
                 chunk.multipliers.append(weight)
+                position += 1
+                continue
+            if unit is not None:  # a bundled embedding: its own added token ids, one per vector
+                if len(chunk.tokens) + len(unit) > CHUNK_LENGTH:
+                    next_chunk()
+                for vector_token in unit:
+                    if len(chunk.tokens) == CHUNK_LENGTH:
+                        next_chunk()
+                    chunk.tokens.append(vector_token)
+                    chunk.multipliers.append(weight)
                 position += 1
                 continue
             key, span, vectors = found

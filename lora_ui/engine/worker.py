@@ -135,7 +135,8 @@ class WorkerSession:
         """
         specs, warnings = specs_for_prompt(self.library, prompt)
         if specs:
-            self.loras.set_loras(specs)
+            report = self.loras.set_loras(specs)
+            warnings = [*warnings, *getattr(report, "skipped", [])]  # another architecture: left out
         else:
             self.loras.clear()
         return list(specs), list(warnings)
@@ -505,9 +506,12 @@ class Worker:
             key = batch_key(model, item.request)
             if key is not None:
                 try:
+                    from lora_ui.lora.manager import ApplyReport
+
                     specs, warnings = specs_for_prompt(self.library, item.request.prompt)
-                    if mix_blocker(self._current_loras().resolve(specs)) is None:
-                        item.batch_plan = (key, specs, warnings)
+                    report = ApplyReport()
+                    if mix_blocker(self._current_loras().resolve(specs, report)) is None:
+                        item.batch_plan = (key, specs, [*warnings, *report.skipped])
                 except Exception as exc:  # noqa: BLE001 - a bad LoRA fails this request on its own path
                     log.info("request %s renders alone: %s", item.future.job_id, exc)
         return item.batch_plan

@@ -258,6 +258,37 @@ def write_cover(preview_dir: str, path_str: str, sig: list[int], value: str) -> 
     return str(target)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Initializer of the header-reading pool's worker processes: a worker never outlives the app.
+
+    A server killed with SIGKILL runs no clean-up, and its spawn-started workers would go on as
+    orphans. On Linux the kernel sends the worker SIGKILL when its parent dies (prctl
+    PR_SET_PDEATHSIG); elsewhere (or if prctl is unavailable) a daemon thread checks every half
+    second whether the parent is still there. Either way, a parent that died before this ran is
+    noticed at once (os.getppid() no longer names it)."""
+    import signal
+
+    armed = False
+    if os.name == "posix" and hasattr(os, "getppid"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            tick = threading.Event()
+            while os.getppid() == parent_pid:
+                tick.wait(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="lora-pool-parent-watch", daemon=True).start()
+
+
 def read_file_record(job: tuple[str, str, list[int], str]) -> dict[str, Any]:
     """A fresh cache record for one file (runs in worker processes too): the header summary, or the
     error that makes the entry broken. job = (path, file name, [size, mtime_ns], preview folder)."""
@@ -453,7 +484,9 @@ class LoraLibrary:
                 warnings.append(f"{written}: {entry.rel_path} is a pickle file, which can run code when loaded; "
                                 "start with --allow-pickle to use it; ignored")
                 continue
-            specs.append(LoraSpec(path=entry.path, name=entry.name, te=tag.te, unet=tag.unet_weight, dyn=tag.dyn,
+            # name: as written in the prompt (A1111's mentioned name): "Lora hashes" is keyed by it, so a
+            # tag written by its alias finds its hash when the infotext is pasted
+            specs.append(LoraSpec(path=entry.path, name=tag.name.strip() or entry.name, te=tag.te, unet=tag.unet_weight, dyn=tag.dyn,
                                   lbw=tag.lbw, start=tag.start, stop=tag.stop))
         return specs, warnings
 
@@ -603,7 +636,8 @@ class LoraLibrary:
         if workers >= 2:
             try:
                 context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent,
+                                         initargs=(os.getpid(),)) as pool:
                     # small chunks (~0.1 s of work each): when the queue runs dry, one worker no longer
                     # finishes a big last chunk alone while the other waits
                     chunk = max(8, min(32, len(jobs) // (workers * 8)))

@@ -2,8 +2,9 @@
 
 Nothing of the base model is modified, so removal is exact:
 - the pipeline's tokenizer is swapped for a copy that knows the new tokens (``name``, ``name_1``,
-  ... one per vector, diffusers' convention, so ``maybe_convert_prompt`` expands ``name``), and the
-  original object is put back on removal;
+  ... one per vector, diffusers' convention, so ``maybe_convert_prompt`` expands ``name``; the app's
+  own prompt encoder expands it through ``EMBEDDING_IDS_ATTR``), and the original object is put back
+  on removal;
 - the text encoder's token-embedding module gets an instance forward that looks ids past the
   original vocabulary up in the bundled vectors (the embedding matrix is never resized or written).
 
@@ -22,6 +23,12 @@ from torch import Tensor, nn
 from .spec import LoraError
 
 _PAIRS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
+# Attribute of an installed tokenizer copy: {id of `name`: [ids of name, name_1, ...]} for every bundled
+# embedding. The app's prompt encoder (engine.conditioning.tokenize_chunks) replaces the one token a
+# prompt's `name` becomes with all the embedding's vectors, never split across two 75-token chunks
+# (A1111's rule); without it only the first vector would reach the text encoder.
+EMBEDDING_IDS_ATTR = "lora_ui_embedding_ids"
 
 
 def token_names(name: str, n_vectors: int) -> list[str]:
@@ -76,6 +83,7 @@ class EmbeddingSet:
             new_tokenizer = copy.deepcopy(tokenizer)
             vectors = []
             added_tokens: list[str] = []
+            groups: list[list[str]] = []
             for name, vec in items:
                 if vec.shape[-1] != hidden:
                     raise LoraError(f"bundled embedding '{name}' has vectors of width {vec.shape[-1]}, "
@@ -91,6 +99,7 @@ class EmbeddingSet:
                     continue
                 vectors.append(vec.reshape(-1, hidden))
                 added_tokens += tokens
+                groups.append(tokens)
                 if name not in plan.active_names:
                     plan.active_names.append(name)
             if not vectors:
@@ -101,6 +110,9 @@ class EmbeddingSet:
                 # Row i of `extra` must be token id vocab + i; a tokenizer larger than the table breaks that.
                 raise LoraError(f"bundled embeddings {', '.join(plan.active_names)}: the {tokenizer_name} has "
                                 f"{len(tokenizer)} tokens but the {encoder_name} table has {vocab} rows")
+            # The prompt encoder (engine.conditioning.tokenize_chunks) writes `name` as all its vectors.
+            setattr(new_tokenizer, EMBEDDING_IDS_ATTR,
+                    {ids[added_tokens.index(g[0])]: [ids[added_tokens.index(t)] for t in g] for g in groups})
             plan.tokenizers[tokenizer_name] = new_tokenizer
             plan.extra[encoder_name] = extra
         return plan

@@ -18,7 +18,7 @@ from lora_ui.pickles import load_pickle_weights
 from lora_ui.safetensors_header import SafetensorsHeaderError, read_header
 
 from .keymap import KeyMap, Target
-from .spec import LoraError
+from .spec import LoraArchMismatch, LoraError
 
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth", ".bin")
 MAX_KEYS_IN_MESSAGE = 5
@@ -161,8 +161,8 @@ def parse_lora(path: Path, keymap: KeyMap, *, allow_pickle: bool = False,
 
     file_arch = guess_file_arch(tensors.keys(), metadata, {k: tuple(t.shape) for k, t in tensors.items()})
     if file_arch is not None and file_arch != keymap.arch:
-        raise _error(path, f"this LoRA is for {_ARCH_NAMES[file_arch]}, the loaded model is "
-                           f"{_ARCH_NAMES[keymap.arch]}; pick a LoRA made for this model")
+        raise LoraArchMismatch(f"LoRA '{path.name}': this LoRA is for {_ARCH_NAMES[file_arch]}, the loaded model is "
+                               f"{_ARCH_NAMES[keymap.arch]}; pick a LoRA made for this model")
 
     embeddings = _parse_embeddings(path, tensors)
     nan_reason = "tensors contain NaN or Inf values (a broken training run or a damaged file)"

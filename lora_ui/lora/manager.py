@@ -9,7 +9,9 @@
 Order of work in `set_loras`: validate the specs; get each file's parsed network (the active set
 and an LRU cache, bounded by bytes, are consulted first: a weight change reads no file); compute
 every layer's new state off to the side (nothing touched yet); only then swap the forwards and the
-embeddings in. Any failure raises one LoraError and leaves the pipeline as it was.
+embeddings in. Any failure raises one LoraError and leaves the pipeline as it was, except a LoRA
+for another architecture (LoraArchMismatch): it is left out with a warning in the report
+(`skipped`, `warnings`) and the others are applied, as the UI announces ("it will be skipped").
 
 Multipliers: text-encoder modules use `te`, UNet modules `unet`, times the LBW ratio of the
 module's block. Several LoRAs on a layer stack in the order given (A1111's order).
@@ -38,7 +40,7 @@ from .embeddings import EmbeddingSet
 from .keymap import KeyMap, build_keymap
 from .loader import LoraNetwork, parse_lora
 from .patcher import FAST, LOWMEM, Contribution, LayerBuildError, Patcher
-from .spec import LoraError, LoraSpec
+from .spec import LoraArchMismatch, LoraError, LoraSpec
 
 MODES = ("auto", FAST, LOWMEM)
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -69,6 +71,7 @@ class ApplyReport:
     files_read: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # LoRAs for another architecture: left out, not applied
 
 
 @dataclass(eq=False)
@@ -134,6 +137,7 @@ class LoraManager:
         self.patcher = Patcher(keep_shadows_seconds)  # freed CPU shadows are reused for that long
         self.cache = _NetworkCache(DEFAULT_CACHE_BYTES if cache_bytes is None else int(cache_bytes))
         self.embeddings = EmbeddingSet(pipe)
+        self._mismatched: dict[tuple, str] = {}  # file key -> why it is for another architecture
         self.active: list[_Active] = []
         self.step: int = 0
         self.resolved_mode: str = FAST
@@ -186,7 +190,13 @@ class LoraManager:
             seen.add(key)
         active: list[_Active] = []
         for spec in specs:
-            network, from_cache, read = self._network_for(spec)
+            try:
+                network, from_cache, read = self._network_for(spec)
+            except LoraArchMismatch as exc:  # the UI says "it will be skipped": skip it, the render goes on
+                if report is not None:
+                    report.skipped.append(f"{exc}; skipped")
+                    report.warnings.append(f"{exc}; skipped")
+                continue
             if report is not None:
                 report.files_read += read
             ratios = parse_block_weights(spec.lbw) if spec.lbw else None
@@ -265,7 +275,17 @@ class LoraManager:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached, True, 0
-        network = parse_lora(path, self.keymap, allow_pickle=self.allow_pickle)
+            mismatch = self._mismatched.get(key)
+            if mismatch is not None:  # known to be for another architecture: not read again each render
+                raise LoraArchMismatch(mismatch)
+        try:
+            network = parse_lora(path, self.keymap, allow_pickle=self.allow_pickle)
+        except LoraArchMismatch as exc:
+            if key is not None:
+                if len(self._mismatched) >= 256:
+                    self._mismatched.clear()
+                self._mismatched[key] = str(exc)
+            raise
         network.cache_key = key
         if key is not None:
             self.cache.put(key, network)

@@ -27,3 +27,8 @@ class LoraSpec:
 class LoraError(Exception):
     """A LoRA could not be applied. The message names the file, the reason and the first offending
     keys; when it is raised, the pipeline is exactly as it was before the call."""
+
+
+class LoraArchMismatch(LoraError):
+    """The file is a LoRA for another architecture than the loaded model (the app's one detector,
+    lora_ui.arch, is certain). The manager skips such a LoRA with a warning instead of failing the render."""

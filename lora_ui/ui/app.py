@@ -17,7 +17,7 @@ from lora_ui.ui.basics import (ModelBarHandlers, build_embeddings_pane, build_mo
 from lora_ui.ui.lora_browser import BrowserHandlers, ThumbnailCache, build_lora_browser
 from lora_ui.ui.pnginfo_tab import SEND_FIELDS, PngInfoHandlers, build_pnginfo_tab
 from lora_ui.ui.settings_tab import build_settings_tab
-from lora_ui.ui.txt2img_tab import build_txt2img_tab
+from lora_ui.ui.txt2img_tab import Txt2ImgHandlers, build_txt2img_tab
 
 UI_CSS = """
 #txt2img_generate { min-height: 72px; font-size: 1.1em; }
@@ -71,7 +71,9 @@ def build_ui(ctx: Any) -> gr.Blocks:
                             with gr.Tab("Textual Inversion", id="extra_ti", elem_id="tab_extra_ti"):
                                 build_embeddings_pane(ctx, prompt)
 
-                t2i = build_txt2img_tab(ctx, lora_panes)
+                temp_dir = core.ui_temp_dir(ctx)
+                t2i = build_txt2img_tab(ctx, lora_panes,
+                                        Txt2ImgHandlers(ctx, temp_dir=temp_dir) if temp_dir is not None else None)
                 build_styles_row(ctx, t2i.prompt, t2i.negative)
                 build_xyz_panel(ctx, t2i)
                 wire_checkpoint_switch(model_bar, t2i.prompt, bar_handlers)

@@ -266,6 +266,27 @@ def outputs_path(ctx: Any) -> Path:
     return Path(data_dir) / "outputs" if data_dir is not None else Path("outputs").resolve()
 
 
+def ui_temp_dir(ctx: Any) -> Path | None:
+    """Where the gallery writes the PNGs it shows when saving is off: under the data dir (every file the
+    app writes goes there), in its cache folder; None without a data dir (tests: the system temp dir)."""
+    data_dir = getattr(getattr(ctx, "settings", None), "data_dir", None)
+    return Path(data_dir) / "cache" / "ui-images" if isinstance(data_dir, (str, Path)) else None
+
+
+def gradio_allowed_paths(settings: Any) -> list[str]:
+    """The folders Gradio may serve files from besides its own cache, the working directory and the
+    system temp dir: the data dir (gallery PNGs, temporary images, sweep grids) and the outputs folder
+    (which --outputs-dir may put elsewhere). Without them a --data-dir outside the working directory
+    gives 'Cannot move ... to the gradio cache dir' on every image route."""
+    paths: list[str] = []
+    for value in (getattr(settings, "data_dir", None), getattr(settings, "outputs_path", None)):
+        if isinstance(value, (str, Path)):
+            resolved = str(Path(value).expanduser().resolve())
+            if resolved not in paths:
+                paths.append(resolved)
+    return paths
+
+
 def setting(ctx: Any, attr: str) -> Any:
     field = next(f for f in SETTING_FIELDS if f.attr == attr)
     value = getattr(getattr(ctx, "settings", None), attr, None)

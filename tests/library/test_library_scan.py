@@ -516,11 +516,12 @@ def test_specs_for_tags(lora_dir):
     _, tags, _ = extract_lora_tags("<lora:plain:0.5> <lyco:Watercolor Style:1:0.3:2:lbw=INALL:start=2:stop=9> "
                                    "<lora:plian:1> <lora:styles/deep/xl_thing:0.8:unet=0.2>")
     specs, warnings = library.specs_for(tags)
-    assert specs == [
+    assert specs == [  # name: as written in the prompt (A1111 keys "Lora hashes" by it)
         LoraSpec(path=lora_dir / "plain.safetensors", name="plain", te=0.5, unet=0.5),
-        LoraSpec(path=lora_dir / "styles" / "watercolor.safetensors", name="watercolor", te=1.0, unet=0.3, dyn=2,
-                 lbw="INALL", start=2, stop=9),
-        LoraSpec(path=lora_dir / "styles" / "deep" / "xl_thing.safetensors", name="xl_thing", te=0.8, unet=0.2),
+        LoraSpec(path=lora_dir / "styles" / "watercolor.safetensors", name="Watercolor Style", te=1.0, unet=0.3,
+                 dyn=2, lbw="INALL", start=2, stop=9),
+        LoraSpec(path=lora_dir / "styles" / "deep" / "xl_thing.safetensors", name="styles/deep/xl_thing", te=0.8,
+                 unet=0.2),
     ]
     assert warnings == ["<lora:plian:1>: no LoRA named 'plian' in the library (did you mean 'plain'?); ignored"]
 

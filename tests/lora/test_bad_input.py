@@ -55,14 +55,27 @@ def test_unknown_layout(sd1, tmp_path):
     _rejects(sd1, [LoraSpec(path, "weird")], "weird.safetensors", "unknown key layout", "model.weird.key.weight")
 
 
+def _skips(pipe, specs, *needles):
+    """A LoRA for another architecture is left out with a warning (not an error); nothing changes."""
+    manager = LoraManager(pipe, mode="fast")
+    before = files.snapshot(pipe)
+    report = manager.set_loras(specs)
+    assert len(report.skipped) == 1 and report.skipped[0] in report.warnings
+    for needle in (*needles, "skipped"):
+        assert needle in report.skipped[0], f"{needle!r} not in {report.skipped[0]!r}"
+    files.assert_same_state(pipe, before)
+    assert manager.active == [] and report.loras == []
+    return report.skipped[0]
+
+
 def test_sdxl_lora_on_sd1_from_keys(sd1, sdxl, tmp_path):
     sd, _ = files.make_lora(sdxl, convention="kohya_ldm")
     path = files.save(sd, tmp_path / "xl.safetensors")
-    _rejects(sd1, [LoraSpec(path, "xl")], "xl.safetensors", "for SDXL", "SD1")
+    _skips(sd1, [LoraSpec(path, "xl")], "xl.safetensors", "for SDXL", "SD1")
 
 
 def test_sd1_lora_on_sdxl_from_keys(sd1, sdxl, good_sd1):
-    _rejects(sdxl, [LoraSpec(good_sd1, "good")], "good.safetensors", "for SD1", "SDXL")
+    _skips(sdxl, [LoraSpec(good_sd1, "good")], "good.safetensors", "for SD1", "SDXL")
 
 
 def test_other_arch_from_metadata(sd1, sdxl, tmp_path):
@@ -70,7 +83,7 @@ def test_other_arch_from_metadata(sd1, sdxl, tmp_path):
     sd, _ = files.make_lora(sdxl, unet="attn", te=False)
     sd = {k: v for k, v in sd.items() if "mid_block" in k and "transformer_blocks_0" in k}
     path = files.save(sd, tmp_path / "xlmeta.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
-    _rejects(sd1, [LoraSpec(path, "xlmeta")], "xlmeta.safetensors", "for SDXL")
+    _skips(sd1, [LoraSpec(path, "xlmeta")], "xlmeta.safetensors", "for SDXL")
 
 
 def test_shape_mismatch(sd1, tmp_path):

@@ -76,3 +76,15 @@ class WorkerGate:
     def release(self) -> None:
         self.event.set()
         self.future.result(timeout=60)
+
+
+POOL_MARKER_ENV = "LORA_UI_TEST_POOL_MARKERS"
+
+
+def block_in_pool_worker(job):
+    """Stands in for the library's `read_file_record` in a pool worker: records this worker's pid
+    (a file named after it in $LORA_UI_TEST_POOL_MARKERS), then blocks (bounded) as a slow read would."""
+    folder = Path(os.environ[POOL_MARKER_ENV])
+    (folder / str(os.getpid())).touch()
+    threading.Event().wait(120)
+    return {}
