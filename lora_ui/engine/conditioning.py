@@ -211,22 +211,6 @@ def tokenize_chunks(tokenizer, prompt: str) -> list[PromptChunk]:
         chunk = PromptChunk()
         last_comma = -1
 
-    def add(token: int, weight: float) -> None:
-        nonlocal chunk, last_comma
-        if token == comma:
-            last_comma = len(chunk.tokens)
-        elif (len(chunk.tokens) == CHUNK_LENGTH and last_comma != -1
-              and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK):
-            cut = last_comma + 1
-            moved_tokens, moved_mults = chunk.tokens[cut:], chunk.multipliers[cut:]
-            chunk.tokens, chunk.multipliers = chunk.tokens[:cut], chunk.multipliers[:cut]
-            next_chunk()
-            chunk.tokens, chunk.multipliers = moved_tokens, moved_mults
-        if len(chunk.tokens) == CHUNK_LENGTH:
-            next_chunk()
-        chunk.tokens.append(token)
-        chunk.multipliers.append(weight)
-
     for ids, (text, weight) in zip(ids_per_segment, parsed):
         if (text, weight) == BREAK_MARK:
             next_chunk()

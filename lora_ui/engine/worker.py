@@ -209,6 +209,10 @@ class WorkerSession:
             except Exception as exc:  # noqa: BLE001 - LoraError or a shape error: this LoRA does not fit
                 report.messages.append(f"LoRA '{spec.name}' does not fit {model.name} ({model.arch.upper()}): {exc}")
                 continue
+            if getattr(applied, "skipped", None):  # made for another architecture: the manager left it out
+                report.messages.append(f"LoRA '{spec.name}' does not fit {model.name} ({model.arch.upper()}): "
+                                       + "; ".join(applied.skipped))
+                continue
             one = applied.loras[0] if getattr(applied, "loras", None) else None
             if one is not None and one.matched_keys == 0:
                 report.messages.append(f"LoRA '{spec.name}' does not fit {model.name} ({model.arch.upper()}): "

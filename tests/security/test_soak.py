@@ -30,7 +30,7 @@ HOSTILE = [  # (raw body, path): each must be a 4xx
     ('{"prompt": "a \\ud800 b", "steps": 2}', "/sdapi/v1/txt2img"),
     ('{"prompt": "x <lora:alpha:1e30>", "steps": 2}', "/sdapi/v1/txt2img"),
     ('{"prompt": "x", "steps": true}', "/sdapi/v1/txt2img"),
-    ('{"prompt": "x", "steps": 2, "enable_hr": true}', "/sdapi/v1/txt2img"),
+    ('{"prompt": "x", "steps": 2, "restore_faces": true}', "/sdapi/v1/txt2img"),  # not implemented: 422
     ('{"prompt": "x", "width": 100000, "height": 8}', "/sdapi/v1/txt2img"),
     ('{"prompt": "x", "batch_size": 100000}', "/sdapi/v1/txt2img"),
     ('{"prompt": "x <lora:no_such_lora:1>", "steps": 1, "sampler_name": "No Such Sampler"}', "/sdapi/v1/txt2img"),
