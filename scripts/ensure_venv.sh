@@ -10,16 +10,19 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$PY" -m venv "$ROOT/.venv"
 fi
 STAMP="$ROOT/.venv/.stamp-$(basename "$REQ")"
-NODEPS="$ROOT/requirements-test-nodeps.txt"   # test references installed without their (training) deps
-EXTRA=""
-[ "$REQ" = "requirements-test.txt" ] && [ -f "$NODEPS" ] && EXTRA="$NODEPS"
-WANT="$(cat "$ROOT/$REQ" "$ROOT/requirements.txt" $EXTRA | sha256sum | cut -c1-16)"
+# installed without their declared dependencies (see each file): runtime ones always, test references
+# with the test requirements
+NODEPS="$ROOT/requirements-nodeps.txt"
+[ "$REQ" = "requirements-test.txt" ] && NODEPS="$NODEPS $ROOT/requirements-test-nodeps.txt"
+WANT="$(cat "$ROOT/$REQ" "$ROOT/requirements.txt" $NODEPS | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[setup] installing $REQ into .venv (first run only)"
   "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
   "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q -r "$ROOT/$REQ"
-  if [ -n "$EXTRA" ]; then
-    "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps -r "$EXTRA"
-  fi
+  for file in $NODEPS; do
+    "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps -r "$file"
+  done
+  # A torchvision left by an earlier install (spandrel used to pull it) breaks every pipeline import here.
+  "$ROOT/.venv/bin/python" -m pip uninstall --disable-pip-version-check -q -y torchvision 2>/dev/null || true
   echo "$WANT" > "$STAMP"
 fi
