@@ -286,11 +286,20 @@ def _apply_loras(prompt: str, negative: str, library, loras) -> tuple[str, str, 
         specs = list(specs)
         warnings += list(spec_warnings)
     if loras is not None:
-        loras.set_loras(specs)
+        specs = _applied(specs, loras.set_loras(specs))
     elif specs:
         warnings.append("no LoRA engine is attached to this model; <lora:...> tags were ignored")
         specs = []
     return text, negative_text, specs, warnings
+
+
+def _applied(specs: list, report) -> list:
+    """The specs the LoRA manager really applied: one it skipped (made for another architecture; its
+    warning is in the report) is neither in the result's LoRAs nor in the infotext's "Lora hashes"."""
+    if not getattr(report, "skipped", None):
+        return specs
+    applied = {Path(r.path) for r in getattr(report, "loras", [])}
+    return [spec for spec in specs if Path(spec.path) in applied]
 
 
 def sampling_options(model, req: Txt2ImgRequest) -> registry.SamplingOptions:

@@ -87,6 +87,8 @@ def test_lora_for_another_architecture_is_skipped_with_a_warning(api_env, client
         warnings = info_of(r.json())["warnings"]
         assert any("xl_only.safetensors" in w and "SDXL" in w and "skipped" in w for w in warnings), warnings
         assert np.array_equal(pixels(r.json()["images"][0]), plain)  # alpha applied, xl_only not
+        hashes = parse_infotext(info_of(r.json())["infotexts"][0]).get("Lora hashes", "")
+        assert "alpha:" in hashes and "xl_only" not in hashes  # the infotext names only what was applied
     finally:
         path.unlink()
         client.post("/sdapi/v1/refresh-loras")
