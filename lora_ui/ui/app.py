@@ -29,6 +29,9 @@ UI_CSS = """
 #txt2img_preview img, #compare_without img, #compare_with img { width: 100%; height: 100%; object-fit: contain; }
 #quicksettings { align-items: end; }
 .model-bar-status { font-size: 12px; color: #6b7280; }
+/* One output image fills the gallery's width as a square: keep it inside the gallery's 420 px so the whole
+   image is in view after Generate (issue 15 layout). */
+#txt2img_gallery .thumbnail-lg { max-height: 380px; max-width: 380px; margin: 0 auto; }
 """
 
 
