@@ -15,5 +15,15 @@ if [ ! -x /usr/bin/chromium ]; then
          "apt-get install chromium); the browser tests will fail without it." >&2
   fi
 fi
+if ! command -v Xvfb >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Xvfb for the --desktop window test"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xvfb >/dev/null
+  else
+    echo "[setup] Xvfb is missing: install Debian's 'xvfb' package (as root: apt-get install xvfb);" \
+         "the desktop window test will fail without it." >&2
+  fi
+fi
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False NO_PROXY=127.0.0.1,localhost
 exec .venv/bin/python -m pytest "$@"

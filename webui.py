@@ -73,6 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_argv(argv)  # --help and usage errors exit here, before anything heavy
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_environment()
+    if settings.desktop:
+        from lora_ui import desktop
+
+        try:
+            desktop.find_browser()
+        except desktop.DesktopError as e:
+            log.error("%s", e)
+            return 2
+        running = desktop.running_instance(settings.data_dir)
+        if running:  # single instance: one more window on the running server, nothing else
+            log.info("LoRA UI is already running on %s: opening another window", running)
+            return desktop.open_another_window(running, settings.data_dir)
+        settings.port = desktop.free_port(settings.port, settings.server_name)
     for warning in settings.config_warnings + security_warnings(settings):
         log.warning(warning)
     for line in exposure_summary(settings):
@@ -91,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Model ready: %s (%s, %s on %s)", model.name, model.arch, model.dtype, model.device)
 
     from lora_ui.ui import build_ui
-    from lora_ui.ui.app import UI_CSS
+    from lora_ui.ui.app import APP_ICON, UI_CSS
 
     from lora_ui.ui.core_access import gradio_allowed_paths
 
@@ -99,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     app, local_url, _ = blocks.queue().launch(
         server_name=settings.server_name, server_port=settings.port,
         allowed_paths=gradio_allowed_paths(settings),  # images under a --data-dir outside the working dir
-        auth=settings.gradio_auth or None, inbrowser=settings.autolaunch,
+        auth=settings.gradio_auth or None, inbrowser=settings.autolaunch and not settings.desktop,
         prevent_thread_lock=True, share=False, ssr_mode=False, css=UI_CSS,
+        pwa=True, favicon_path=str(APP_ICON),  # /manifest.json + icon: browsers offer "install"
     )
     from lora_ui.api import guard
 
@@ -114,17 +128,41 @@ def main(argv: list[str] | None = None) -> int:
         log.info("REST API on %ssdapi/v1 (docs: %ssdapi/v1/docs)", local_url, local_url)
     log.info("LoRA UI running on %s", local_url)
     _stop_on_sigterm()
+    window = None
     try:
+        if settings.desktop:
+            window = _open_desktop_window(settings, local_url)
         blocks.block_thread()  # returns on Ctrl+C (SIGINT) or SIGTERM (both raise KeyboardInterrupt here)
     except KeyboardInterrupt:
         pass
     finally:
+        if window is not None:
+            window.close()     # the browser, when the server stops first (Ctrl+C, SIGTERM)
+            from lora_ui import desktop
+
+            desktop.remove_instance(settings.data_dir)
         blocks.close()         # no new requests first, then the worker and background threads
         clean = ctx.close()
         if api is not None:
             api.close()
     log.info("LoRA UI stopped%s", "" if clean else " (some background work did not finish in time)")
     return 0
+
+
+def _open_desktop_window(settings, url: str):
+    """--desktop: record this server for a second start, open the app window and stop the server (as on
+    Ctrl+C) when the browser exits. A missing browser is an error that stops the server."""
+    import _thread
+
+    from lora_ui import desktop
+
+    try:
+        process = desktop.open_window(url, settings.data_dir)
+    except (desktop.DesktopError, OSError) as e:
+        log.error("%s", e)
+        raise KeyboardInterrupt from None
+    desktop.write_instance(settings.data_dir, url, settings.port)
+    return desktop.WindowWatcher(process, _thread.interrupt_main)
 
 
 def _stop_on_sigterm() -> None:

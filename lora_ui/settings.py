@@ -136,6 +136,7 @@ class Settings:
     demo_model_dir: Path = DEMO_MODEL_DIR
     outputs_dir_cli: Path | None = None     # --outputs-dir: the operator's choice, anywhere on disk
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    desktop: bool = False                   # --desktop: own app window (lora_ui.desktop), one server per data dir
     checkpoint_cache: int = 1               # --checkpoint-cache: loaded checkpoints kept (A1111's default 1)
     vae_dirs: list[Path] = field(default_factory=list)         # --vae-dir (default <data-dir>/models/VAE)
     embeddings_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir (default <data-dir>/embeddings)
@@ -233,6 +234,7 @@ class Settings:
             ray_address=args.ray_address,
             ray_replicas=args.ray_replicas,
             ray_max_replicas=args.ray_max_replicas,
+            desktop=bool(getattr(args, "desktop", False)),
             checkpoint_cache=_checkpoint_cache(getattr(args, "checkpoint_cache", 1)),
             vae_dirs=[Path(p) for p in getattr(args, "vae_dir", None) or []],
             embeddings_dirs=[Path(getattr(args, "embeddings_dir"))] if getattr(args, "embeddings_dir", None) else [],
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve on 0.0.0.0 so other machines on the network can connect (use with --gradio-auth)")
     p.add_argument("--port", type=int, default=7860, help="port of the web UI (default: 7860)")
     p.add_argument("--autolaunch", action="store_true", help="open the UI in the system's browser at start")
+    p.add_argument("--desktop", action="store_true",
+                   help="open the UI in its own window (Chrome, Chromium, Edge or Brave in app mode, with its own "
+                        "profile under <data-dir>/cache); a second start reuses the running server and only opens "
+                        "a window; closing the last window stops the server")
     p.add_argument("--api", action="store_true",
                    help="also serve the A1111-compatible REST API under /sdapi/v1 (docs at /docs)")
     p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]",

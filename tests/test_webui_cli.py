@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--data-dir", "--ckpt", "--ckpt-dir", "--lora-dir", "--listen", "--port", "--autolaunch", "--api",
-         "--gradio-auth", "--api-auth", "--device", "--precision", "--no-half", "--allow-pickle"]
+         "--gradio-auth", "--api-auth", "--device", "--precision", "--no-half", "--allow-pickle", "--desktop"]
 
 
 def run_webui(*args, timeout=120):

@@ -4,11 +4,13 @@ sliders, Compare, PNG Info, Settings) and the cross-tab buttons ("send to compar
 Gradio 6 takes theme/css/js at `launch()`: webui.py passes `UI_CSS` (and `UI_HEAD` is empty)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from lora_ui import prompt as prompt_tags
+from lora_ui.desktop import APP_NAME
 from lora_ui.ui import core_access as core
 from lora_ui.ui import notify
 from lora_ui.ui.active_loras import build_active_loras
@@ -18,6 +20,8 @@ from lora_ui.ui.lora_browser import BrowserHandlers, ThumbnailCache, build_lora_
 from lora_ui.ui.pnginfo_tab import SEND_FIELDS, PngInfoHandlers, build_pnginfo_tab
 from lora_ui.ui.settings_tab import build_settings_tab
 from lora_ui.ui.txt2img_tab import Txt2ImgHandlers, build_txt2img_tab
+
+APP_ICON = Path(__file__).resolve().parent / "static" / "icon.png"  # favicon, PWA and desktop-window icon
 
 UI_CSS = """
 #txt2img_generate { min-height: 72px; font-size: 1.1em; }
@@ -29,6 +33,9 @@ UI_CSS = """
 #txt2img_preview img, #compare_without img, #compare_with img { width: 100%; height: 100%; object-fit: contain; }
 #quicksettings { align-items: end; }
 .model-bar-status { font-size: 12px; color: #6b7280; }
+/* One output image fills the gallery's width as a square: keep it inside the gallery's 420 px so the whole
+   image is in view after Generate (issue 15 layout). */
+#txt2img_gallery .thumbnail-lg { max-height: 380px; max-width: 380px; margin: 0 auto; }
 """
 
 
@@ -51,7 +58,7 @@ def compare_values(prompt: str, negative: str, seed: Any, last_seeds: list[int] 
 def build_ui(ctx: Any) -> gr.Blocks:
     """The whole web UI for one AppContext. All per-user state lives in gr.State (per session)."""
     thumbs = ThumbnailCache()
-    with gr.Blocks(title="LoRA UI", analytics_enabled=False) as demo:
+    with gr.Blocks(title=APP_NAME, analytics_enabled=False) as demo:
         bar_handlers = ModelBarHandlers(ctx)
         model_bar = build_model_bar(ctx, bar_handlers)  # A1111's place: above every tab
         with gr.Tabs(elem_id="tabs") as tabs:

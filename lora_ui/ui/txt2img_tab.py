@@ -326,22 +326,17 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
     samplers, schedules = sampler_choices()
     model = core.current_model(ctx)
     default_size = int(getattr(model, "default_size", 0) or 0)
-    with gr.Row(elem_id="txt2img_toprow"):
-        with gr.Column(scale=6):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt; <lora:name:weight> tags apply LoRAs",
-                                elem_id="txt2img_prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
-        with gr.Column(scale=1, min_width=180):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm")
-                skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
-            send_to_compare = gr.Button("Send to compare", elem_id="txt2img_send_to_compare", size="sm")
-    if lora_panes is not None:
-        with gr.Column(elem_id="txt2img_lora_area"):
-            lora_panes(prompt, last_image)
+    # A1111's two columns: prompt, extra networks and settings on the left; Generate and the results on the
+    # right, from the top of the tab, so the output image is in view after Generate at 1366x768.
     with gr.Row(elem_id="txt2img_main"):
-        with gr.Column(scale=1, elem_id="txt2img_settings"):
+        with gr.Column(scale=3, elem_id="txt2img_settings"):
+            with gr.Column(elem_id="txt2img_toprow"):
+                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt; <lora:name:weight> tags apply LoRAs",
+                                    elem_id="txt2img_prompt")
+                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+            if lora_panes is not None:
+                with gr.Column(elem_id="txt2img_lora_area"):
+                    lora_panes(prompt, last_image)
             with gr.Row():
                 sampler = gr.Dropdown(samplers, value=DEFAULT_SAMPLER,
                                       label="Sampling method", elem_id="txt2img_sampler")
@@ -364,7 +359,13 @@ def build_txt2img_tab(ctx: Any, lora_panes: Callable[[gr.Textbox, gr.State], Non
             clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id="txt2img_clip_skip")
             extras = build_sampling_extras()
             hires = build_hires_accordion(ctx, samplers, schedules, core.limits(ctx).max_size, core.limits(ctx).max_steps)
-        with gr.Column(scale=1, elem_id="txt2img_results"):
+        with gr.Column(scale=2, elem_id="txt2img_results"):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate", size="lg")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", size="sm", min_width=60)
+                skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm", min_width=60)
+                send_to_compare = gr.Button("Send to compare", elem_id="txt2img_send_to_compare", size="sm",
+                                            min_width=60)
             progress = gr.HTML("", css_template=PROGRESS_CSS, elem_id="txt2img_progress", js_on_load=None)
             preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id="txt2img_preview",
                                height=256)

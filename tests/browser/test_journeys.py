@@ -17,6 +17,14 @@ def set_slider(page, elem_id: str, value: float) -> None:
     box.press("Tab")
 
 
+def open_extra_networks(page) -> None:
+    """The LoRA cards live in the Extra networks accordion under the prompt, closed by default (A1111)."""
+    cards = page.locator("#lora_cards")
+    expect(cards).to_be_hidden()
+    page.locator("#lora_browser").get_by_text("Extra networks (LoRA, Textual Inversion)").click()
+    expect(cards).to_be_visible()
+
+
 def quick_settings(page) -> None:
     set_slider(page, "txt2img_steps", 2)
     page.locator("#txt2img_seed input").fill("321")
@@ -30,6 +38,7 @@ def generate_and_wait(page):
 
 
 def test_card_click_adds_tag_and_slider_then_generate_writes_lora_and_hash(page, app_server):
+    open_extra_networks(page)
     card = page.locator("#lora_cards .lora-card[data-lora='inkwash']")
     expect(card).to_be_visible()
     card.click()
@@ -56,6 +65,7 @@ def test_card_click_adds_tag_and_slider_then_generate_writes_lora_and_hash(page,
 
 
 def test_notes_edit_survives_reload_and_is_written_to_name_json(page, app_server):
+    open_extra_networks(page)
     page.locator("#lora_cards .lora-card[data-lora='papercut'] .lora-card-info").click()
     expect(page.locator("#lora_details")).to_be_visible()
     expect(page.locator("#lora_details_info")).to_contain_text("papercut")
@@ -66,6 +76,7 @@ def test_notes_edit_survives_reload_and_is_written_to_name_json(page, app_server
     assert json.loads(sidecar.read_text())["notes"] == "cut paper look, try 0.6"
 
     page.reload()
+    open_extra_networks(page)
     page.locator("#lora_cards .lora-card[data-lora='papercut'] .lora-card-info").click()
     expect(page.locator("#lora_meta_notes textarea")).to_have_value("cut paper look, try 0.6")
 
