@@ -68,3 +68,16 @@ def four_sets(paths: dict[str, Path]) -> list[list[LoraSpec]]:
         [],
         [spec(paths, "d", 0.6), spec(paths, "b", 0.9, lbw="1,0,0.5,1,1,0.5,0.5,1,0,1,1,1,1,0.5,1,1,1")],
     ]
+
+
+def tiny_model_with_loras(folder):
+    """(the tiny SD1 model as a LoadedModel, {name: path} of the test LoRAs written for it in `folder`)."""
+    import torch
+
+    from lora_ui.engine.checkpoints import LoadedModel
+    from lora_ui.testing.tiny_models import tiny_sd1_pipeline
+
+    pipe = tiny_sd1_pipeline(0)
+    model = LoadedModel(pipe=pipe, arch="sd1", name="tiny", path=None, default_size=32, dtype=torch.float32,
+                        device=torch.device("cpu"), scheduler_config=dict(pipe.scheduler.config))
+    return model, write_loras(pipe, folder)

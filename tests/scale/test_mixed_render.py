@@ -7,24 +7,18 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from lora_ui.engine.batching import BatchItem, batch_key, render_batch
-from lora_ui.engine.checkpoints import LoadedModel
 from lora_ui.engine.txt2img import GenerationInterrupted, Txt2ImgRequest
 from lora_ui.lora.manager import LoraManager
-from lora_ui.testing.tiny_models import tiny_sd1_pipeline
 from tests.lora.files import assert_same_state, snapshot
-from tests.scale.mixed_fixtures import four_sets, write_loras
+from tests.scale.mixed_fixtures import tiny_model_with_loras, four_sets
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    pipe = tiny_sd1_pipeline(0)
-    model = LoadedModel(pipe=pipe, arch="sd1", name="tiny", path=None, default_size=32, dtype=torch.float32,
-                        device=torch.device("cpu"), scheduler_config=dict(pipe.scheduler.config))
-    paths = write_loras(pipe, tmp_path_factory.mktemp("loras"))
-    manager = LoraManager(pipe, mode="lowmem", keep_shadows_seconds=0)
+    model, paths = tiny_model_with_loras(tmp_path_factory.mktemp("loras"))
+    manager = LoraManager(model.pipe, mode="lowmem", keep_shadows_seconds=0)
     yield model, paths, manager
     manager.close()
 

@@ -4,7 +4,6 @@ Without Ray installed these tests are deselected from the default run, and FAIL 
 asked for with `-m ray` (tests/conftest.py)."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest

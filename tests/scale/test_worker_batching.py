@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from lora_ui.engine.batching import BatchItem, render_batch
-from lora_ui.engine.checkpoints import LoadedModel
 from lora_ui.engine.txt2img import Txt2ImgRequest
 from lora_ui.engine.worker import BatchingConfig, Worker
 from lora_ui.lora.manager import LoraManager
 from lora_ui.lora.spec import LoraSpec
 from lora_ui.prompt import extract_lora_tags
-from lora_ui.testing.tiny_models import tiny_sd1_pipeline
-from tests.scale.mixed_fixtures import write_loras
+from tests.scale.mixed_fixtures import tiny_model_with_loras
 
 
 class StubLibrary:
@@ -36,10 +32,7 @@ class StubLibrary:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    pipe = tiny_sd1_pipeline(0)
-    model = LoadedModel(pipe=pipe, arch="sd1", name="tiny", path=None, default_size=32, dtype=torch.float32,
-                        device=torch.device("cpu"), scheduler_config=dict(pipe.scheduler.config))
-    paths = write_loras(pipe, tmp_path_factory.mktemp("loras"))
+    model, paths = tiny_model_with_loras(tmp_path_factory.mktemp("loras"))
     return model, StubLibrary(paths)
 
 
