@@ -79,7 +79,14 @@ KDIFF = {  # sampler -> (k-diffusion function, its A1111 Automatic schedule, ext
     "DPM++ 2S a": (sampling.sample_dpmpp_2s_ancestral, "Karras", {"eta": 1.0}),
     "DPM++ SDE": (sampling.sample_dpmpp_sde, "Karras", {"eta": 1.0}),
     "DPM++ 2M SDE": (sampling.sample_dpmpp_2m_sde, "Exponential", {"eta": 1.0}),
+    "DPM++ 2M SDE Heun": (sampling.sample_dpmpp_2m_sde, "Exponential", {"eta": 1.0, "solver_type": "heun"}),
+    "DPM++ 3M SDE": (sampling.sample_dpmpp_3m_sde, "Exponential", {"eta": 1.0}),
+    "DPM2": (sampling.sample_dpm_2, "Karras", {}),
+    "DPM2 a": (sampling.sample_dpm_2_ancestral, "Karras", {"eta": 1.0}),
+    "DPM fast": (sampling.sample_dpm_fast, None, {"eta": 1.0}),
 }
+DISCARD_PENULTIMATE = ("DPM2", "DPM2 a", "DPM++ 3M SDE")  # A1111: n + 1 sigmas, the next-to-last dropped
+BROWNIAN = ("DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE")
 
 
 def reference_images(pipe, arch, seeds, sampler, schedule, steps, cfg, size):
@@ -101,15 +108,29 @@ def reference_images(pipe, arch, seeds, sampler, schedule, steps, cfg, size):
         return d_uncond + (d_cond - d_uncond) * cfg
 
     fn, automatic, kwargs = KDIFF[sampler]
-    sigmas = SIGMAS[automatic if schedule == "Automatic" else schedule](wrapper, steps)
     noise = PerImageNoise(seeds, (4, h, w))
-    x = noise.next() * sigmas[0]
     kwargs = dict(kwargs)
-    if sampler in ("DPM++ SDE", "DPM++ 2M SDE"):
+    if automatic is None:  # DPM fast: the model's whole sigma range in `steps` solver steps; the schedule
+        x = noise.next() * wrapper.get_sigmas(steps)[0]  # only scales the first noise (A1111)
+        with torch.no_grad(), noise_stream(noise):
+            latents = fn(cfg_model, x, wrapper.sigmas[0].item(), wrapper.sigmas[-1].item(), steps, disable=True,
+                         **kwargs)
+        return _decode(pipe, latents)
+    discard = sampler in DISCARD_PENULTIMATE
+    sigmas = SIGMAS[automatic if schedule == "Automatic" else schedule](wrapper, steps + 1 if discard else steps)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    x = noise.next() * sigmas[0]
+    if sampler in BROWNIAN:
         positive = sigmas[sigmas > 0]
         kwargs["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x, positive.min(), sigmas.max(), seed=list(seeds))
     with torch.no_grad(), noise_stream(noise):
         latents = fn(cfg_model, x, sigmas, disable=True, **kwargs)
+    return _decode(pipe, latents)
+
+
+def _decode(pipe, latents):
+    with torch.no_grad():
         vae = pipe.vae
         return [a1111_uint8(vae.decode(one[None] / vae.config.scaling_factor).sample) for one in latents]
 
