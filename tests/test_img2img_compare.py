@@ -104,3 +104,23 @@ def test_grid_and_denoising_axis_refuse_bad_input_before_rendering(worker, init)
         compare.plan_strength_weight_grid(worker, base(init), [1.5], [1.0])
     with pytest.raises(xyz.XyzError, match="out of range"):
         xyz.plan_xyz(None, base(init), [xyz.Axis("Denoising", "-0.1, 0.5")])
+
+
+def test_img2img_tab_handlers_compare_and_grid_from_the_widget_values(worker, init):
+    from types import SimpleNamespace
+
+    from lora_ui.ui.img2img_tab import Img2ImgCompareHandlers
+
+    ctx = SimpleNamespace(worker=worker, library=worker.library, settings=SimpleNamespace(), models=None)
+    handlers = Img2ImgCompareHandlers(ctx)
+    # the Generate button's inputs: prompt ... clip skip, then the editor and the inpaint/resize widgets
+    inputs = [f"{PROMPT} <lora:{LORA}:1>", "", "Euler a", "Automatic", 8, 7, 64, 64, 11, 1, 1, 1,
+              {"background": init, "layers": []}, None, "Just resize", 0.75, 4, "original", "Whole picture", 32,
+              "Inpaint masked"]
+    without, with_lora, heatmap, info = handlers.compare(*inputs)
+    assert np.abs(arr(with_lora) - arr(without)).mean() > 5 and heatmap.size[0] >= 256
+    assert "Seed: 11" in info and "Denoising strength: 0.75" in info
+    grid, text = handlers.grid("0.4, 0.8", "0, 1", *inputs)
+    params = parse_infotext(text)
+    assert params["X Values"] == "0, 1" and params["Y Values"] == "0.4, 0.8" and params["Y Type"] == "Denoising"
+    assert grid.width > 2 * 64 and grid.height > 2 * 64  # 2 x 2 cells of 64 px plus labels
