@@ -90,3 +90,35 @@ def test_hires_fix_from_txt2img_gives_an_image_of_the_upscaled_size(page, app_se
     infotext = page.locator("#txt2img_infotext textarea")
     expect(infotext).to_have_value(re.compile(re.escape("Hires upscale: 2")))
     expect(infotext).to_have_value(re.compile(re.escape(f"Size: {native}x{native}")))
+
+
+def test_img2img_compare_with_and_without_lora_and_the_strength_x_weight_grid(page, tmp_path):
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    init = np.zeros((SIZE, SIZE, 3), np.uint8)
+    init[(xx - 32) ** 2 + (yy - 32) ** 2 < 300] = (220, 30, 30)
+    init[(xx - 32) ** 2 + (yy - 32) ** 2 >= 300] = (30, 40, 200)
+    Image.fromarray(init).save(tmp_path / "init.png")
+    page.get_by_role("tab", name="img2img", exact=True).click()
+    page.locator("#img2img_prompt textarea").fill("a big red circle on a blue background <lora:inkwash:1>")
+    page.locator("#img2img_editor input[type=file]").first.set_input_files(str(tmp_path / "init.png"))
+    expect(page.locator("#img2img_editor canvas").first).to_be_visible()
+    set_number(page, "img2img_steps", 4)
+    page.locator("#img2img_seed input").fill("23")
+    open_accordion(page, "img2img_compare_panel", "Compare with / without LoRA")
+    page.locator("#img2img_compare").click()
+    info = page.locator("#img2img_compare_info textarea")
+    expect(info).to_have_value(re.compile(r"^Seed: 23 "), timeout=300_000)
+    expect(info).to_have_value(re.compile(r"With: .*<lora:inkwash:1>.*Denoising strength: 0\.75", re.S))
+    _, without = gallery_image(page, "#img2img_compare_without img")
+    _, with_lora = gallery_image(page, "#img2img_compare_with img")
+    assert without.size == with_lora.size == (SIZE, SIZE)
+    assert np.abs(np.asarray(with_lora).astype(int) - np.asarray(without).astype(int)).mean() > 3
+
+    page.locator("#img2img_grid_strengths textarea, #img2img_grid_strengths input").first.fill("0.5, 1")
+    page.locator("#img2img_grid_weights textarea, #img2img_grid_weights input").first.fill("0, 1")
+    page.locator("#img2img_grid_run").click()
+    text = page.locator("#img2img_grid_infotext textarea")
+    expect(text).to_have_value(re.compile(r"X Type: LoRA weight, X Values: \"?0, 1\"?, Y Type: Denoising, "
+                                          r"Y Values: \"?0\.5, 1\"?"), timeout=300_000)
+    natural, grid = gallery_image(page, "#img2img_grid img")
+    assert natural[0] >= 2 * SIZE and natural[1] >= 2 * SIZE  # 2 x 2 cells plus their labels
