@@ -399,7 +399,9 @@ def _single_request(base: Any, prompt: str, seed: int) -> Any:
 def _render(session: Any, request: Any) -> Any:
     """One image on the worker thread (`WorkerSession.txt2img`: applies the prompt's LoRA set).
     An interrupted (so unfinished) render raises RenderInterrupted; its partial image is dropped."""
-    result = session.txt2img(request)
+    from lora_ui.xyz import render_request
+
+    result = render_request(session, request)  # an Img2ImgRequest base: both sides from the same init image
     if getattr(result, "interrupted", False) or getattr(session, "interrupted", False) or not result.images:
         raise RenderInterrupted("Rendering was interrupted before the comparison finished; nothing is shown.")
     return result
@@ -630,6 +632,49 @@ def sweep(session_or_worker: Any, request: SweepRequest, on_progress: ProgressCa
     """Grid of LoRA (rows) x weight (columns); the no-LoRA baseline renders once for all 0 cells.
     Interrupted after some LoRA cells: a partial result (`interrupted=True`, placeholders in `missing`)."""
     return submit_sweep(session_or_worker, request, on_progress).result()
+
+
+# ------------------------------------------------------------------------- img2img strength x weight
+
+def plan_strength_weight_grid(session_or_worker: Any, base: Any, strengths: Sequence[float],
+                              weights: Sequence[float]) -> Any:
+    """The img2img grid (issue #16) as an X/Y/Z plan: X = "LoRA weight" (columns), Y = "Denoising"
+    (rows), one fixed seed and init image. `base` is an Img2ImgRequest whose prompt names the LoRA(s) with
+    `<lora:name:w>` tags. Raises CompareError before anything is queued."""
+    from lora_ui import xyz
+
+    _, library = _worker_and_library(session_or_worker)
+    if not hasattr(base, "denoising_strength") or not getattr(base, "init_images", None):
+        raise CompareError("The strength x weight grid needs an img2img request with an init image.")
+    names = _prompt_lora_names(getattr(base, "prompt", "") or "")
+    if not names:
+        raise CompareError("Nothing to compare: put a <lora:name:weight> tag in the prompt.")
+    _check_known(library, names)
+    weights = [_check_weight("grid", w) for w in weights]
+    strengths = [float(s) for s in strengths]
+    if not weights or not strengths:
+        raise CompareError("The grid needs at least one denoising strength and one LoRA weight.")
+    seed = _fixed_seed(getattr(base, "seed", -1))
+    base = _single_request(base, base.prompt, seed)
+    try:
+        return xyz.plan_xyz(SimpleNamespace(library=library), base,
+                            [xyz.Axis("LoRA weight", [repr(float(w)) for w in weights]),
+                             xyz.Axis("Denoising", [repr(float(s)) for s in strengths])])
+    except xyz.XyzError as exc:
+        raise CompareError(str(exc)) from None
+
+
+def submit_strength_weight_grid(session_or_worker: Any, base: Any, strengths: Sequence[float],
+                                weights: Sequence[float], on_progress: ProgressCallback | None = None) -> Future:
+    """Queue the img2img denoising-strength x LoRA-weight grid as ONE worker job; Future of an XyzResult
+    (`grid`, per-cell `images` / `infotexts` [0][row][column], `labels`). Weight-0 cells share one render
+    per strength (the no-LoRA baseline)."""
+    from lora_ui import xyz
+
+    worker, _ = _worker_and_library(session_or_worker)
+    plan = plan_strength_weight_grid(session_or_worker, base, strengths, weights)
+    return worker.submit(lambda session: xyz.run_xyz(session, plan, on_progress), kind="img2img_grid",
+                         job_count=plan.renders)
 
 
 # ------------------------------------------------------------------------------------- inspector

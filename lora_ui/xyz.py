@@ -120,6 +120,20 @@ def _lora_weight(cell: Cell, value: float, env: Any) -> None:
     cell.req = dataclasses.replace(cell.req, prompt=prompt)
 
 
+def _check_denoising(env: Any, values: list) -> None:
+    for value in values:
+        if not 0.0 <= float(value) <= 1.0:
+            raise XyzError(f"Denoising: {value:g} is out of range; denoising strength is 0 to 1")
+
+
+def render_request(session: Any, req: Any) -> Any:
+    """One request on the worker thread: an img2img request (it has init images) through
+    `session.img2img`, anything else through `session.txt2img`."""
+    if hasattr(req, "init_images") and hasattr(session, "img2img"):
+        return session.img2img(req)
+    return session.txt2img(req)
+
+
 def _check_sampler(env: Any, values: list) -> None:
     from lora_ui.engine.sampling import registry
 
@@ -227,7 +241,7 @@ AXES: list[AxisType] = [
     AxisType("Schedule rho", float, _field("rho")),
     AxisType("Eta", float, _field("eta")),
     AxisType("Clip skip", int, _field("clip_skip")),
-    AxisType("Denoising", float, _U),
+    AxisType("Denoising", float, _field("denoising_strength"), check=_check_denoising),  # img2img; txt2img: hires
     AxisType("Initial noise multiplier", float, _U),
     AxisType("Extra noise", float, _U),
     AxisType("Hires upscaler", str, _U),
@@ -412,7 +426,7 @@ class XyzEnv:
 def plan_xyz(env: Any, base: Any, axes: Sequence[Axis], *, max_cells: int = MAX_CELLS) -> XyzPlan:
     """Check the axes and values and build every cell's request. Raises XyzError."""
     if not dataclasses.is_dataclass(base):
-        raise XyzError("the X/Y/Z plot needs a Txt2ImgRequest as its base request")
+        raise XyzError("the X/Y/Z plot needs a Txt2ImgRequest (or Img2ImgRequest) as its base request")
     parsed: list[tuple[AxisType, list[Any]]] = []
     for axis in list(axes) + [Axis()] * (3 - len(axes)):
         kind = find_axis(axis.type)
@@ -497,7 +511,7 @@ def run_xyz(session: Any, plan: XyzPlan, on_progress: Callable[[int, int, str], 
             if on_progress is not None:
                 what = describe((x, y, z), cell) if describe is not None else f"cell {len(done) + 1} of {plan.renders}"
                 on_progress(len(done), plan.renders, what)
-            result = session.txt2img(cell.req)
+            result = render_request(session, cell.req)
             if getattr(result, "interrupted", False) or getattr(session, "interrupted", False) or not result.images:
                 interrupted = True
                 break

@@ -292,6 +292,8 @@ class SdApi:
             raise ApiErrors(errors)
         fields = {k: v for k, v in asdict(base).items() if k not in ("init_images", "mask")}
         req = Img2ImgRequest(**{**fields, **img2img_fields(body)}, init_images=images, mask=mask)
+        if body.script_name and body.script_name.strip():  # the X/Y/Z plot over img2img (Denoising axis)
+            return self.xyz(body, watch, base=(req, checkpoint))
         return self._render(body, req, checkpoint, "img2img", watch)
 
     def _render(self, body: m.Txt2ImgBody, req: Any, checkpoint: str | None, kind: str,
@@ -406,15 +408,17 @@ class SdApi:
         return {"html_info": html, "image": _png_base64(out, html)}
 
     # ------------------------------------------------------------------ scripts: X/Y/Z plot
-    def xyz(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
+    def xyz(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None,
+            base: "tuple[Any, str | None] | None" = None) -> dict[str, Any]:
         """A1111's `script_name: "x/y/z plot"` with its positional `script_args`. Images: the grid, the
-        Z sub-grids (with a Z axis), then every cell; info.infotexts match them one to one."""
+        Z sub-grids (with a Z axis), then every cell; info.infotexts match them one to one.
+        `base`: (request, checkpoint) already built (img2img's); else built from the txt2img body."""
         from lora_ui import xyz
 
         if body.script_name.strip().lower() not in SCRIPTS:
             raise ApiError("script_name", f"unknown script {body.script_name!r}; available: {', '.join(SCRIPTS)} "
                                           "(GET /sdapi/v1/scripts)")
-        req, checkpoint, _ = self.build_request(body)
+        req, checkpoint = base if base is not None else self.build_request(body)[:2]
         if checkpoint is not None:
             raise ApiError("override_settings.sd_model_checkpoint", "the X/Y/Z plot renders with the loaded model "
                            "(or its Checkpoint name axis); switch first with POST /sdapi/v1/options")
@@ -474,7 +478,7 @@ class SdApi:
                 "parameters": body.model_dump(exclude=set(body.model_extra or ())), "info": json.dumps(info)}
 
     def scripts(self) -> dict[str, list[str]]:
-        return {"txt2img": list(SCRIPTS), "img2img": []}
+        return {"txt2img": list(SCRIPTS), "img2img": list(SCRIPTS)}
 
     def script_info(self) -> list[dict[str, Any]]:
         from lora_ui import xyz

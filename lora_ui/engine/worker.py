@@ -69,6 +69,7 @@ class _QueuedJob:
     future: JobFuture
     job_count: int
     request: Any = None          # a Txt2ImgRequest that may share a mixed batch (batching on)
+    owner: Any = None            # who submitted it (the UI's Gradio session hash), for cancel_owner
     batch_plan: Any = None       # (key, specs, warnings) once looked at; False: renders alone
 
 
@@ -336,6 +337,11 @@ class Worker:
         self._skip_job_id: str | None = None
         self._stopped = False
         self._ids = itertools.count(1)
+        self._owners: dict[str, tuple[Any, JobFuture]] = {}  # job id -> (owner, future): queued/running jobs
+        self._doomed: set[str] = set()            # jobs of a cancelled owner: interrupted as soon as they start
+        # called on the submitting thread when submit() gets no owner (the UI sets it to read the Gradio
+        # session of the request being handled); None: jobs have no owner unless one is given
+        self.owner_provider: Callable[[], Any] | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -347,12 +353,20 @@ class Worker:
 
     # ---------------------------------------------------------------- public API (any thread)
     def submit(self, job: "Callable[[WorkerSession], T] | Txt2ImgRequest", *, kind: str = "job",
-               job_count: int = 1, _request: Any = None) -> JobFuture[T]:
+               job_count: int = 1, _request: Any = None, owner: Any = None) -> JobFuture[T]:
         """Queue `job(session)`; returns its future. `job_count` announces how many renders it does.
 
+        `owner` tags the job (the UI passes its Gradio session hash) so `cancel_owner(owner)` can end it
+        when that page goes away; without one, `owner_provider()` (when set) names it.
         A Txt2ImgRequest instead of a callable is queued as `txt2img(request)` (the older contract)."""
         if not callable(job):
-            return self.txt2img(job)
+            return self.txt2img(job, owner=owner)
+        if owner is None and self.owner_provider is not None:
+            try:
+                owner = self.owner_provider()
+            except Exception as exc:  # noqa: BLE001 - an owner is a convenience; the job runs without one
+                log.debug("owner_provider failed: %s", exc)
+                owner = None
         if threading.current_thread() is self._thread:
             raise RuntimeError("submit() was called from inside a worker job: the job would wait for itself "
                                "forever; render through the job's WorkerSession (session.txt2img) instead")
@@ -361,18 +375,59 @@ class Worker:
         with self._lock:
             if self._stopped:
                 raise WorkerStopped("the worker is shut down; no new jobs are accepted")
-            self._queue.put(_QueuedJob(job, future, max(1, job_count), request=_request))
+            if owner is not None:
+                self._owners[job_id] = (owner, future)
+            self._queue.put(_QueuedJob(job, future, max(1, job_count), request=_request, owner=owner))
+        if owner is not None:
+            future.add_done_callback(lambda f: self._forget_owner(f.job_id))
         self._progress.set_queue_size(self._queue.qsize())
         return future
 
-    def txt2img(self, req: "Txt2ImgRequest") -> JobFuture["Txt2ImgResult"]:
+    def txt2img(self, req: "Txt2ImgRequest", *, owner: Any = None) -> JobFuture["Txt2ImgResult"]:
         """Queue one txt2img request (its prompt carries its full LoRA set)."""
         return self.submit(lambda session: session.txt2img(req), kind="txt2img", job_count=max(1, req.batch_count),
-                           _request=req if self.batching is not None else None)
+                           _request=req if self.batching is not None else None, owner=owner)
 
-    def img2img(self, req: Any) -> JobFuture["Txt2ImgResult"]:
+    def img2img(self, req: Any, *, owner: Any = None) -> JobFuture["Txt2ImgResult"]:
         """Queue one img2img request (engine/img2img.py Img2ImgRequest)."""
-        return self.submit(lambda session: session.img2img(req), kind="img2img", job_count=max(1, req.batch_count))
+        return self.submit(lambda session: session.img2img(req), kind="img2img", job_count=max(1, req.batch_count),
+                           owner=owner)
+
+    def cancel_owner(self, owner: Any) -> dict[str, int]:
+        """The owner (a closed page's session) is gone: cancel its queued jobs, interrupt its running one.
+
+        Returns {"cancelled": queued jobs cancelled, "interrupted": running jobs interrupted}. Jobs of
+        other owners, and jobs without one (the REST API's), are untouched."""
+        if owner is None:
+            return {"cancelled": 0, "interrupted": 0}
+        with self._lock:
+            mine = {job_id: future for job_id, (who, future) in self._owners.items() if who == owner}
+            self._doomed |= set(mine)  # one taken off the queue but not yet started is interrupted at its start
+        if mine:
+            with self._queue.mutex:
+                for q in [q for q in self._queue.queue if q is not None and q.future.job_id in mine]:
+                    self._queue.queue.remove(q)
+        cancelled = sum(1 for future in mine.values() if future.cancel())  # False for a running one
+        interrupted = 0
+        with self._lock:
+            running = set(self._batch_job_ids) if self._batch_job_ids else {self._current_job_id} - {None}
+        for job_id in running & set(mine):
+            if self.interrupt(job_id):
+                interrupted += 1
+        if cancelled:
+            self._progress.set_queue_size(self._queue.qsize())
+        return {"cancelled": cancelled, "interrupted": interrupted}
+
+    def owner_of(self, job_id: str) -> Any:
+        """The owner a queued or running job was submitted with (None: none, or the job has ended)."""
+        with self._lock:
+            entry = self._owners.get(job_id)
+        return entry[0] if entry is not None else None
+
+    def _forget_owner(self, job_id: str) -> None:
+        with self._lock:
+            self._owners.pop(job_id, None)
+            self._doomed.discard(job_id)
 
     def switch_model(self, ref: str) -> JobFuture["LoadedModel"]:
         """Queue a checkpoint switch, run between renders; on failure the old model stays loaded."""
@@ -477,7 +532,7 @@ class Worker:
         job_id = item.future.job_id
         with self._lock:
             self._current_job_id = job_id
-            self._interrupt_job_id = None
+            self._interrupt_job_id = job_id if job_id in self._doomed else None
             self._skip_job_id = None
             self._progress.begin_job(job_id, item.future.kind, item.job_count, queue_size=self._queue.qsize())
         result: Any = None
@@ -570,7 +625,7 @@ class Worker:
         with self._lock:
             self._current_job_id = ids[0]
             self._batch_job_ids = frozenset(ids)
-            self._batch_interrupted = set()
+            self._batch_interrupted = set(ids) & self._doomed
             self._batch_skipped = False
             self._interrupt_job_id = self._skip_job_id = None
             self._request_progress = {}

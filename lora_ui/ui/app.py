@@ -137,4 +137,7 @@ def build_ui(ctx: Any) -> gr.Blocks:
                          getattr(compare, "weight", None) or gr.State(), tabs])
         else:
             t2i.send_to_compare.click(lambda: notify.warn("The compare tab is not available in this build."))
+        from lora_ui.ui.session_jobs import install_session_cancel
+
+        install_session_cancel(demo, getattr(ctx, "worker", None))  # a closed page cancels its renders
     return demo

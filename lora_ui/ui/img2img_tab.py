@@ -64,6 +64,58 @@ class Img2ImgHandlers(Txt2ImgHandlers):
         return worker.img2img(request)
 
 
+class Img2ImgCompareHandlers:
+    """img2img compare (issue #16): with / without the prompt's LoRA(s) from the same init image and seed,
+    and a denoising-strength x LoRA-weight grid. Both run as one worker job through lora_ui.compare (the
+    grid through the X/Y/Z engine). `*inputs` are the Generate button's inputs, in its order."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def request(self, prompt: str, negative: str, sampler: str, schedule: str, steps: Any, cfg: Any, width: Any,
+                height: Any, seed: Any, batch_size: Any, batch_count: Any, clip_skip: Any, *extra: Any):
+        from lora_ui import limits as app_limits
+        from lora_ui.ui.txt2img_tab import request_fields
+
+        fields = request_fields(prompt, negative, sampler, schedule, steps, cfg, width, height, seed, 1, 1,
+                                clip_skip, save_images=False, limits=app_limits.of(self.ctx.settings),
+                                default_size=core.default_size(self.ctx))
+        fields["add_lora_hashes"] = bool(getattr(self.ctx.settings, "add_lora_hashes_to_infotext", True))
+        fields.update(img2img_fields(*extra))
+        return _img2img_request(**fields)
+
+    def compare(self, *inputs: Any):
+        from lora_ui import compare
+
+        keep = (gr.update(),) * 4
+        try:
+            request = self.request(*inputs)
+            result = compare.submit_compare(self.ctx, compare.CompareRequest(base=request)).result()
+        except (ValueError, TypeError) as exc:  # CompareError is a ValueError
+            notify.warn(f"Not compared: {exc}")
+            return keep
+        notify.warn_all(str(w) for w in result.warnings)
+        info = (f"Seed: {result.seed} · {result.stats.summary()}\n\nWithout: {result.without_infotext}\n\n"
+                f"With: {result.with_infotext}")
+        return result.without, result.with_lora, result.heatmap, info
+
+    def grid(self, strengths_text: str, weights_text: str, *inputs: Any):
+        from lora_ui import compare
+
+        try:
+            strengths = compare.parse_weight_list(strengths_text)
+            weights = compare.parse_weight_list(weights_text)
+            request = self.request(*inputs)
+            result = compare.submit_strength_weight_grid(self.ctx, request, strengths, weights).result()
+        except (ValueError, TypeError) as exc:
+            notify.warn(f"No grid: {exc}")
+            return gr.update(), gr.update()
+        notify.warn_all(str(w) for w in result.warnings)
+        if result.interrupted:
+            notify.info("Interrupted: the grid shows the cells done.")
+        return result.grid, result.infotext
+
+
 @dataclass
 class Img2ImgTab:
     prompt: Any
@@ -71,6 +123,8 @@ class Img2ImgTab:
     gallery: Any
     infotext: Any
     generate: Any
+    compare: Any = None
+    grid_run: Any = None
 
 
 def build_img2img_tab(ctx: Any, handlers: Img2ImgHandlers | None = None) -> Img2ImgTab:
@@ -132,13 +186,39 @@ def build_img2img_tab(ctx: Any, handlers: Img2ImgHandlers | None = None) -> Img2
                                  interactive=False)
             infotext = gr.Textbox(label="Generation parameters (infotext)", lines=4, interactive=False,
                                   elem_id="img2img_infotext")
+            with gr.Accordion("Compare with / without LoRA", open=False, elem_id="img2img_compare_panel"):
+                compare_run = gr.Button("Compare with / without LoRA", elem_id="img2img_compare")
+                with gr.Row():
+                    compare_without = gr.Image(label="Without LoRA", type="pil", format="png", interactive=False,
+                                               elem_id="img2img_compare_without")
+                    compare_with = gr.Image(label="With LoRA", type="pil", format="png", interactive=False,
+                                            elem_id="img2img_compare_with")
+                    compare_heatmap = gr.Image(label="Difference", type="pil", format="png", interactive=False,
+                                               elem_id="img2img_compare_heatmap")
+                compare_info = gr.Textbox(label="Comparison", lines=3, interactive=False,
+                                          elem_id="img2img_compare_info")
+                with gr.Row():
+                    grid_strengths = gr.Textbox("0.3, 0.6, 0.9", label="Denoising strengths (rows)",
+                                                elem_id="img2img_grid_strengths")
+                    grid_weights = gr.Textbox("0, 0.5, 1", label="LoRA weights (columns)",
+                                              elem_id="img2img_grid_weights")
+                grid_run = gr.Button("Strength x weight grid", elem_id="img2img_grid_run")
+                grid_image = gr.Image(label="Grid", type="pil", format="png", interactive=False,
+                                      elem_id="img2img_grid")
+                grid_infotext = gr.Textbox(label="Grid infotext", lines=2, interactive=False,
+                                           elem_id="img2img_grid_infotext")
     inputs = [prompt, negative, sampler, schedule, steps, cfg, width, height, seed, batch_size, batch_count, clip_skip,
               editor, mask, resize_mode, denoising, mask_blur, masked_content, inpaint_area, padding, mask_mode]
     outputs = [progress, preview, gallery, infotext, last_images, last_seeds, last_infotexts]
     generate.click(h.generate, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden")
     interrupt.click(h.interrupt, concurrency_limit=None, show_progress="hidden")
     skip.click(h.skip, concurrency_limit=None, show_progress="hidden")
-    return Img2ImgTab(prompt, editor, gallery, infotext, generate)
+    ch = Img2ImgCompareHandlers(ctx)
+    compare_run.click(ch.compare, inputs=inputs, outputs=[compare_without, compare_with, compare_heatmap, compare_info],
+                      concurrency_limit=None)
+    grid_run.click(ch.grid, inputs=[grid_strengths, grid_weights] + inputs, outputs=[grid_image, grid_infotext],
+                   concurrency_limit=None)
+    return Img2ImgTab(prompt, editor, gallery, infotext, generate, compare_run, grid_run)
 
 
 # ---------------------------------------------------------------------------------------------- Extras

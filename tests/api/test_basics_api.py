@@ -193,6 +193,37 @@ def test_xyz_by_axis_names_with_checkpoint_and_lora_weight(env, client):
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-a")  # restored
 
 
+def test_xyz_plot_on_img2img_denoising_by_lora_weight(env, client):
+    """A1111 runs the X/Y/Z script on /img2img too: the strength x weight grid of issue #16."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
+    body = {**BASE, "prompt": "a red circle <lora:alpha:1>", "width": 64, "height": 64,
+            "init_images": [base64.b64encode(buffer.getvalue()).decode()], "script_name": "x/y/z plot",
+            "script_args": ["LoRA weight", "0, 1", [], "Denoising", "0.3, 0.9", []]}
+    assert "x/y/z plot" in client.get("/sdapi/v1/scripts").json()["img2img"]
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    info = info_of(r.json())
+    grid = parse_infotext(info["infotexts"][0])
+    assert grid["X Type"] == "LoRA weight" and grid["Y Type"] == "Denoising" and grid["Y Values"] == "0.3, 0.9"
+    cells = [parse_infotext(t) for t in info["infotexts"][1:]]
+    assert [c["Denoising strength"] for c in cells] == [0.3, 0.3, 0.9, 0.9]
+    assert ["<lora:alpha:1>" in c["Prompt"] for c in cells] == [False, True, False, True]
+    assert len(r.json()["images"]) == 5
+    # the weight-0 cell at 0.3 is exactly a plain img2img of that strength
+    plain = client.post("/sdapi/v1/img2img", json={k: v for k, v in body.items() if k not in ("script_name", "script_args")}
+                        | {"prompt": "a red circle", "denoising_strength": 0.3})
+    assert plain.status_code == 200, plain.text
+    assert np.array_equal(pixels(r.json()["images"][1]), pixels(plain.json()["images"][0]))
+    body["script_args"] = ["Denoising", "0.5, 1.5", []]
+    assert "out of range" in assert_error(client.post("/sdapi/v1/img2img", json=body), 422, "script_args")["detail"]
+
+
 @pytest.mark.parametrize("args, words", [
     ([5, "2, 3"], "Hires steps' is not supported"),
     ([4, "2, x"], "'x' is not a whole number"),

@@ -332,6 +332,61 @@ def test_shutdown_cancels_queued_jobs_and_refuses_new_ones(parts):
         worker.submit(lambda s: None)
 
 
+# ------------------------------------------------------------------------------------------ owners (closed pages)
+def test_cancel_owner_cancels_its_queued_jobs_and_interrupts_its_running_one(parts):
+    worker, gen, _ = parts
+    gen.gate = threading.Event()
+    running = worker.txt2img(FakeRequest(steps=10, batch_count=3, seed=1), owner="page-a")
+    queued_a = worker.submit(lambda s: "a's second job", owner="page-a")
+    queued_b = worker.txt2img(FakeRequest(steps=4, seed=70), owner="page-b")
+    ownerless = worker.submit(lambda s: "api job")
+    assert gen.at_gate.wait(10)
+    assert worker.owner_of(running.job_id) == "page-a" and worker.owner_of(ownerless.job_id) is None
+    assert worker.cancel_owner("page-a") == {"cancelled": 1, "interrupted": 1}
+    gen.gate.set()
+    result = running.result(10)
+    assert result.interrupted is True and result.seeds == [1]  # stopped at step 2, no further iterations
+    assert gen.steps_done[0] == 2
+    with pytest.raises(CancelledError):
+        queued_a.result(1)
+    # another page's job and the API's job run in full
+    assert queued_b.result(10).interrupted is False and gen.steps_done[1] == 4
+    assert ownerless.result(10) == "api job"
+    assert worker.owner_of(running.job_id) is None  # ended jobs are forgotten
+    assert worker.cancel_owner("page-a") == {"cancelled": 0, "interrupted": 0}
+
+
+def test_cancel_owner_of_an_idle_or_unknown_owner_touches_nothing(parts):
+    worker, gen, _ = parts
+    gen.gate = threading.Event()
+    running = worker.txt2img(FakeRequest(steps=5, seed=3), owner="page-a")
+    assert gen.at_gate.wait(10)
+    assert worker.cancel_owner("page-z") == {"cancelled": 0, "interrupted": 0}
+    assert worker.cancel_owner(None) == {"cancelled": 0, "interrupted": 0}
+    gen.gate.set()
+    assert running.result(10).interrupted is False and gen.steps_done == [5]
+
+
+def test_owner_provider_names_the_owner_of_jobs_submitted_without_one(parts):
+    worker, gen, _ = parts
+    current = threading.local()
+    worker.owner_provider = lambda: getattr(current, "owner", None)
+    gen.gate = threading.Event()
+    current.owner = "page-a"
+    compound = worker.submit(lambda s: [s.txt2img(FakeRequest(steps=5, seed=n)).interrupted for n in (1, 2)],
+                             kind="compare", job_count=2)
+    current.owner = None
+    other = worker.txt2img(FakeRequest(steps=3, seed=9))
+    assert gen.at_gate.wait(10)
+    assert worker.owner_of(compound.job_id) == "page-a" and worker.owner_of(other.job_id) is None
+    assert worker.cancel_owner("page-a")["interrupted"] == 1
+    gen.gate.set()
+    # the interrupt holds for the rest of the compound job: its second render stops at its first step
+    assert compound.result(10) == [True, True]
+    assert gen.steps_done[:2] == [2, 1]
+    assert other.result(10).interrupted is False
+
+
 # ------------------------------------------------------------------------------------------ progress math
 SD1_FACTORS = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
                         [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]])
