@@ -496,7 +496,7 @@ class SdApi:
         return [{"name": "x/y/z plot", "is_alwayson": False, "is_img2img": False, "args": args}]
 
     # ------------------------------------------------------------------ compare / sweep
-    def compare(self, body: m.CompareBody) -> dict[str, Any]:
+    def compare(self, body: m.CompareBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
         from lora_ui import compare as core
 
         req, checkpoint, _ = self.build_request(body, [lw.name for lw in body.loras])
@@ -513,9 +513,9 @@ class SdApi:
         req = _single(req)
         try:
             with _request_errors_as_422():
-                result = core.compare(self.ctx, core.CompareRequest(
+                result = _watched(core.submit_compare(self.ctx, core.CompareRequest(
                     base=req, loras=[(lw.name, lw.weight) for lw in body.loras],
-                    change_threshold=body.change_threshold))
+                    change_threshold=body.change_threshold)), self.ctx.worker, watch)
         except core.CompareError as exc:
             raise ApiError("loras", str(exc)) from None
         return {
@@ -533,7 +533,7 @@ class SdApi:
             "warnings": list(result.warnings),
         }
 
-    def sweep(self, body: m.SweepBody) -> dict[str, Any]:
+    def sweep(self, body: m.SweepBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
         from lora_ui import compare as core
 
         req, checkpoint, _ = self.build_request(body, list(body.loras))
@@ -551,8 +551,8 @@ class SdApi:
                 raise ApiError("weights", exc.message) from None
         try:
             with _request_errors_as_422():
-                result = core.sweep(self.ctx, core.SweepRequest(base=_single(req), weights=weights,
-                                                                loras=list(body.loras)))
+                result = _watched(core.submit_sweep(self.ctx, core.SweepRequest(
+                    base=_single(req), weights=weights, loras=list(body.loras))), self.ctx.worker, watch)
         except core.CompareError as exc:
             raise ApiError("weights" if "weight" in str(exc).lower() else "loras", str(exc)) from None
         return {"grid": _png_base64(result.grid, result.infotext), "weights": list(result.weights),
@@ -910,6 +910,14 @@ class JobWatch:
             _stop_job(future, worker)
 
 
+def _watched(future: Any, worker: Any, watch: "JobWatch | None") -> Any:
+    """The job's result, the job registered with the request's watch first (a client that goes away
+    cancels it while queued, or interrupts it while it runs)."""
+    if watch is not None:
+        watch.add(future, worker)
+    return future.result()
+
+
 def _stop_job(future: Any, worker: Any) -> None:
     if not future.cancel() and not future.done():
         worker.interrupt(getattr(future, "job_id", None))
@@ -1106,14 +1114,14 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
     async def compare(body: m.CompareBody, request: Request):
         """The same request twice at one fixed seed: once with every LoRA tag removed, once with the
         prompt's tags plus `loras`. Returns both images, a heatmap of |with - without| and its numbers."""
-        return await run_render(request, api.render_waiters, lambda watch: api.compare(body))
+        return await run_render(request, api.render_waiters, lambda watch: api.compare(body, watch))
 
     @router.post("/lora-ui/sweep", response_model=m.SweepResponse, tags=own,
                  summary="Weight sweep: a labelled grid of LoRA (rows) x weight (columns)")
     async def sweep(body: m.SweepBody, request: Request):
         """Renders each LoRA at each weight at one seed (weight 0 = the shared baseline, rendered once)
         and returns the labelled grid PNG (infotext embedded)."""
-        return await run_render(request, api.render_waiters, lambda watch: api.sweep(body))
+        return await run_render(request, api.render_waiters, lambda watch: api.sweep(body, watch))
 
     @router.get("/openapi.json", include_in_schema=False)
     def openapi_json():
