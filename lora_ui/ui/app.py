@@ -137,6 +137,9 @@ def build_ui(ctx: Any) -> gr.Blocks:
                          getattr(compare, "weight", None) or gr.State(), tabs])
         else:
             t2i.send_to_compare.click(lambda: notify.warn("The compare tab is not available in this build."))
+        # a (re)loaded page shows the checkpoint and VAE loaded now, not the ones of the app's start
+        demo.load(bar_handlers.refresh_checkpoints, outputs=[model_bar.checkpoint], show_progress="hidden")
+        demo.load(bar_handlers.refresh_vae_selection, outputs=[model_bar.vae], show_progress="hidden")
         from lora_ui.ui.session_jobs import install_session_cancel
 
         install_session_cancel(demo, getattr(ctx, "worker", None))  # a closed page cancels its renders

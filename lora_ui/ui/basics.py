@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
@@ -30,12 +31,16 @@ class ModelBarHandlers:
 
     def checkpoint_titles(self) -> list[str]:
         models = getattr(self.ctx, "models", None)
+        current = self.current_title()
+        model = core.current_model(self.ctx)
+        loaded_path = getattr(model, "path", None) if model is not None else None
         try:
-            titles = [c.title for c in models.list()] if hasattr(models, "list") else []
+            listing = models.list() if hasattr(models, "list") else []
+            # the loaded one under its hashed title, not a second time without the hash
+            titles = [current if current and _same_path(c.path, loaded_path) else c.title for c in listing]
         except Exception as exc:  # noqa: BLE001 - a listing error must not break the page
             notify.warn(f"Could not list checkpoints: {exc}")
             titles = []
-        current = self.current_title()
         if current and current not in titles:
             titles.insert(0, current)
         return titles
@@ -60,6 +65,10 @@ class ModelBarHandlers:
         vaes = getattr(getattr(self.ctx, "models", None), "vaes", None)
         if vaes is not None:
             vaes.refresh()
+        return gr.update(choices=self.vae_choices(), value=self.vae_selection())
+
+    def refresh_vae_selection(self):
+        """The picker's choices and the current selection, without rescanning the folder (page load)."""
         return gr.update(choices=self.vae_choices(), value=self.vae_selection())
 
     def switch_checkpoint(self, title: str, prompt: str) -> Iterator[tuple[Any, str]]:
@@ -115,6 +124,13 @@ class ModelBarHandlers:
         return _status(f"VAE: {choice} (used from the next render)")
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    try:
+        return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+    except (OSError, TypeError):
+        return False
+
+
 def _save(settings: Any) -> None:
     try:
         settings.save()
@@ -147,7 +163,7 @@ def build_model_bar(ctx: Any, handlers: ModelBarHandlers | None = None) -> Model
         status = gr.HTML("", elem_id="model_bar_status")
     refresh_ckpt.click(h.refresh_checkpoints, outputs=[checkpoint], show_progress="hidden")
     refresh_vae.click(h.refresh_vaes, outputs=[vae], show_progress="hidden")
-    vae.change(h.switch_vae, inputs=[vae], outputs=[status], show_progress="hidden")
+    vae.input(h.switch_vae, inputs=[vae], outputs=[status], show_progress="hidden")
     return ModelBar(checkpoint, refresh_ckpt, vae, refresh_vae, status)
 
 
