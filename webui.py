@@ -162,7 +162,10 @@ def _open_desktop_window(settings, url: str):
         log.error("%s", e)
         raise KeyboardInterrupt from None
     desktop.write_instance(settings.data_dir, url, settings.port)
-    return desktop.WindowWatcher(process, _thread.interrupt_main)
+    # The main thread gets the SIGTERM handler's KeyboardInterrupt (installed by _stop_on_sigterm), not a
+    # simulated SIGINT: a process started in the background ignores SIGINT, and then interrupt_main()'s
+    # default SIGINT does nothing at all. Simulated, so no real signal is sent (fine on Windows too).
+    return desktop.WindowWatcher(process, lambda: _thread.interrupt_main(signal.SIGTERM))
 
 
 def _stop_on_sigterm() -> None:

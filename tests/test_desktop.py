@@ -171,7 +171,10 @@ def test_desktop_opens_a_titled_window_reuses_the_server_and_closing_it_stops_th
     cmd = [sys.executable, str(ROOT / "webui.py"), "--desktop", "--data-dir", str(tmp_path), "--port", str(port)]
     log_path = tmp_path / "webui.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    # SIGINT ignored, as for any process started in the background (CI, nohup, `&` in a script): closing
+    # the window must stop the server all the same
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     base = f"http://127.0.0.1:{port}/"
     try:
         _poll("server", lambda: desktop.answers(base), 300, proc, log_path)
