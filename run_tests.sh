@@ -5,25 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/ensure_venv.sh requirements-test.txt
-if [ ! -x /usr/bin/chromium ]; then
+# install_debian PACKAGE WHY: apt-get install as root, else say what to install and what fails without it.
+install_debian() {
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-    echo "[setup] installing Debian's chromium for the browser tests"
+    echo "[setup] installing Debian's $1 for $2"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
   else
-    echo "[setup] /usr/bin/chromium is missing: install Debian's 'chromium' package (as root:" \
-         "apt-get install chromium); the browser tests will fail without it." >&2
+    echo "[setup] $1 is missing: install Debian's '$1' package (as root: apt-get install $1);" \
+         "$2 will fail without it." >&2
   fi
-fi
-if ! command -v Xvfb >/dev/null; then
-  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-    echo "[setup] installing Xvfb for the --desktop window test"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xvfb >/dev/null
-  else
-    echo "[setup] Xvfb is missing: install Debian's 'xvfb' package (as root: apt-get install xvfb);" \
-         "the desktop window test will fail without it." >&2
-  fi
-fi
+}
+[ -x /usr/bin/chromium ] || install_debian chromium "the browser tests"
+command -v Xvfb >/dev/null || install_debian xvfb "the --desktop window test"
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False NO_PROXY=127.0.0.1,localhost
 exec .venv/bin/python -m pytest "$@"
