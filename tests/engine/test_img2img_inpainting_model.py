@@ -157,6 +157,13 @@ def test_txt2img_and_hires_run_on_an_inpainting_model(model, conv_in):
     assert parse_infotext(out.infotexts[0])["Conditional mask weight"] == 1.0
 
 
+@pytest.mark.parametrize("sampler", ["DDIM", "UniPC", "LCM", "DPM++ 2M"])
+def test_every_sampler_family_feeds_the_image_conditioning(model, conv_in, sampler):
+    generate(model, Txt2ImgRequest(prompt="a cat", sampler=sampler, steps=3, seed=2, width=SIZE, height=SIZE,
+                                   save_images=False))
+    assert conv_in and all(x.shape[1] == 9 and torch.equal(x[:, 4], torch.ones_like(x[:, 4])) for x in conv_in)
+
+
 def test_plain_models_write_no_mask_weight(sd1_model):
     out = generate(sd1_model, Txt2ImgRequest(prompt="a cat", steps=1, seed=1, save_images=False))
     assert "Conditional mask weight" not in out.infotexts[0]
