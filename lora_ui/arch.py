@@ -2,8 +2,10 @@
 
 * `detect_lora_arch(metadata, modules)` -> (arch, basis) for LoRA files, from the header alone (the
   library lists it, the LoRA loader refuses a LoRA whose arch is certain and differs from the model's);
-* `detect_checkpoint_arch(shapes, filename)` -> "sd1" | "sdxl" for checkpoints (ModelManager), raising
-  ArchitectureError for anything this app cannot load (SD2, refiners, inpainting, LoRAs...).
+* `detect_checkpoint(shapes, filename)` -> (arch, variant) for checkpoints (ModelManager): arch "sd1" | "sdxl",
+  variant "" (plain) | "inpainting" (9-channel UNet, from the conv_in weight shape; `unet_variant` gives it
+  for a diffusers UNet's in_channels), raising ArchitectureError for anything this app cannot load (SD2,
+  refiners, instruct-pix2pix / depth UNets, LoRAs...). `detect_checkpoint_arch` is its arch alone.
 
 No torch, no file access: callers give the header's metadata and tensor shapes.
 """
@@ -12,10 +14,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 __all__ = ["ArchitectureError", "detect_arch", "detect_lora_arch", "lora_arch_from_shapes", "detect_checkpoint_arch",
-           "CERTAIN", "LORA_ARCH_TO_MODEL"]
+           "detect_checkpoint", "unet_variant", "CERTAIN", "LORA_ARCH_TO_MODEL", "INPAINTING", "UNET_CHANNELS"]
 
 # LoRA arch names (A1111's "sd version") -> the model arch names of the engine
 LORA_ARCH_TO_MODEL = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
+# UNet input channels -> checkpoint variant: plain latents (4), inpainting (latents + mask + masked-image latents)
+INPAINTING = "inpainting"
+UNET_CHANNELS = {4: "", 9: INPAINTING}
 # bases on which a loader may refuse a LoRA for another model (the others are A1111's guesses)
 CERTAIN = frozenset({"metadata", "keys"})
 
@@ -126,35 +131,53 @@ def lora_arch_from_shapes(metadata: Mapping[str, str], shapes: Mapping[str, Any]
     return detect_lora_arch(metadata, modules)
 
 
+def unet_variant(in_channels: int, filename: str = "checkpoint") -> str:
+    """"" for a plain UNet (4 input channels), "inpainting" for a 9-channel one (A1111's "hybrid"
+    conditioning: latents + mask + masked-image latents); any other count (instruct-pix2pix 8, depth 5)
+    raises ArchitectureError."""
+    variant = UNET_CHANNELS.get(int(in_channels))
+    if variant is None:
+        raise ArchitectureError(f"{filename} is an instruct/depth model ({in_channels} UNet input channels); only "
+                                "plain txt2img (4 channels) and inpainting (9 channels) checkpoints are supported.")
+    return variant
+
+
 def detect_checkpoint_arch(shapes: Mapping[str, Any], filename: str = "checkpoint") -> str:
-    """"sd1" or "sdxl" from a checkpoint's tensor names and shapes; anything else raises
+    """"sd1" or "sdxl" (see detect_checkpoint)."""
+    return detect_checkpoint(shapes, filename)[0]
+
+
+def detect_checkpoint(shapes: Mapping[str, Any], filename: str = "checkpoint") -> tuple[str, str]:
+    """(arch, variant) from a checkpoint's tensor names and shapes: arch "sd1" or "sdxl", variant "" or
+    "inpainting" (9 input channels in `model.diffusion_model.input_blocks.0.0.weight`); anything else raises
     ArchitectureError saying what it is and that it is not supported."""
+    arch = _checkpoint_arch(shapes, filename)
+    in_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    variant = unet_variant(in_conv[1], filename) if in_conv is not None and len(in_conv) == 4 else ""
+    return arch, variant
+
+
+def _checkpoint_arch(shapes: Mapping[str, Any], filename: str) -> str:
     keys = shapes.keys()
 
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
-    in_conv = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
     if has("conditioner.embedders.1.model.") or has("conditioner.embedders.0.model."):
         if not has("conditioner.embedders.0.transformer.text_model."):
             raise ArchitectureError(f"{filename} is an SDXL refiner (no CLIP-L text encoder); refiners are not "
                                     "supported. Use an SDXL base checkpoint.")
-        arch = "sdxl"
-    elif has("cond_stage_model.model."):
+        return "sdxl"
+    if has("cond_stage_model.model."):
         raise ArchitectureError(f"{filename} is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder); "
                                 "only SD1.x and SDXL are supported.")
-    elif has("cond_stage_model.transformer.") and has("model.diffusion_model."):
-        arch = "sd1"
-    elif has("lora_unet_") or has("lora_te") or any(".lora_down." in k or ".lora_A." in k for k in keys):
+    if has("cond_stage_model.transformer.") and has("model.diffusion_model."):
+        return "sd1"
+    if has("lora_unet_") or has("lora_te") or any(".lora_down." in k or ".lora_A." in k for k in keys):
         raise ArchitectureError(f"{filename} is a LoRA, not a checkpoint: put it in models/Lora and use it "
                                 "with <lora:name:1> in the prompt.")
-    elif has("model.diffusion_model."):
+    if has("model.diffusion_model."):
         raise ArchitectureError(f"{filename} has a UNet but no text encoder this app knows "
                                 "(not SD1.x or SDXL); it is not supported.")
-    else:
-        raise ArchitectureError(f"{filename}: architecture not recognised (no Stable Diffusion UNet keys "
-                                "'model.diffusion_model.*'); only SD1.x and SDXL checkpoints are supported.")
-    if in_conv is not None and len(in_conv) == 4 and in_conv[1] != 4:
-        raise ArchitectureError(f"{filename} is an inpainting/instruct model ({in_conv[1]} UNet input "
-                                "channels); only plain txt2img checkpoints (4 channels) are supported.")
-    return arch
+    raise ArchitectureError(f"{filename}: architecture not recognised (no Stable Diffusion UNet keys "
+                            "'model.diffusion_model.*'); only SD1.x and SDXL checkpoints are supported.")

@@ -4,7 +4,8 @@ A checkpoint reference (`ref`) is one of:
   * a diffusers folder (has `model_index.json`), e.g. the demo model `models/Stable-diffusion/lora-ui-demo/`;
   * an A1111 single-file `.safetensors` (LDM key names), SD1.x or SDXL, loaded with diffusers'
     `from_single_file` against the component configs shipped in `lora_ui/engine/configs/{sd1,sdxl}`
-    (no hub access); the architecture is detected from the safetensors header alone;
+    (no hub access); the architecture is detected from the safetensors header alone, and so is the
+    inpainting variant (9-channel UNet: the shipped UNet config is loaded with in_channels 9);
   * a pickle `.ckpt`/`.pt` file: refused unless `allow_pickle` (it can run arbitrary code);
   * a title or name from `list_checkpoints` ("name.safetensors [hash]", "name.safetensors", "name");
   * None: the default — the demo model when it exists, else a tiny SD1 model built from configs.
@@ -144,6 +145,8 @@ class LoadedModel:
     vae_path: Path | None = None
     # textual-inversion embeddings (lora_ui.textual_inversion.EmbeddingLibrary) the prompt encoder may use
     embeddings: Any = field(default=None, repr=False)
+    # "" or "inpainting" (lora_ui.arch.unet_variant of the UNet's input channels)
+    variant: str = ""
     _short_hash: str | None = field(default=None, repr=False)
 
     @property
@@ -151,6 +154,13 @@ class LoadedModel:
         if self._short_hash is None and self.path is not None and self.path.exists():
             self._short_hash = sha256_of(self.path)[:10]
         return self._short_hash
+
+    @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel inpainting UNet: every pass gets A1111's image conditioning (engine/inpainting.py)."""
+        from lora_ui.arch import INPAINTING
+
+        return self.variant == INPAINTING
 
     @property
     def sha256_short(self) -> str | None:  # name used in docs/ARCHITECTURE.md
@@ -276,10 +286,24 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 
 def detect_architecture(shapes: dict[str, list[int]], filename: str = "checkpoint") -> str:
     """"sd1" or "sdxl" (lora_ui.arch.detect_checkpoint_arch); anything else raises CheckpointError."""
-    from lora_ui.arch import ArchitectureError, detect_checkpoint_arch
+    return detect_checkpoint(shapes, filename)[0]
+
+
+def detect_checkpoint(shapes: dict[str, list[int]], filename: str = "checkpoint") -> tuple[str, str]:
+    """(arch, variant) (lora_ui.arch.detect_checkpoint); anything else raises CheckpointError."""
+    from lora_ui.arch import ArchitectureError, detect_checkpoint as detect
 
     try:
-        return detect_checkpoint_arch(shapes, filename)
+        return detect(shapes, filename)
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _unet_variant(pipe, filename: str) -> str:
+    from lora_ui.arch import ArchitectureError, unet_variant
+
+    try:
+        return unet_variant(int(pipe.unet.config.in_channels), filename)
     except ArchitectureError as e:
         raise CheckpointError(str(e)) from None
 
@@ -330,6 +354,7 @@ def _arch_of_pipe(pipe) -> str:
 
 
 def _finish(pipe, *, arch, name, path, choice, kind) -> LoadedModel:
+    variant = _unet_variant(pipe, path.name if path is not None else name)
     if pipe.unet.device != choice.device:
         pipe = pipe.to(choice.device)
     if pipe.unet.dtype != choice.dtype:  # loaders already got torch_dtype; only in-memory models need a cast
@@ -341,7 +366,7 @@ def _finish(pipe, *, arch, name, path, choice, kind) -> LoadedModel:
             module.eval()
     return LoadedModel(pipe=pipe, arch=arch, name=name, path=path, default_size=_default_size(pipe),
                        dtype=choice.dtype, device=choice.device, kind=kind,
-                       scheduler_config=dict(pipe.scheduler.config), base_vae=pipe.vae)
+                       scheduler_config=dict(pipe.scheduler.config), base_vae=pipe.vae, variant=variant)
 
 
 def load_folder(path: Path, choice: devices.DeviceChoice) -> LoadedModel:
@@ -409,11 +434,13 @@ def load_single_file(path: Path, choice: devices.DeviceChoice, *, allow_pickle: 
     else:
         raise CheckpointError(f"{path.name}: unknown checkpoint file type {suffix!r}; use a .safetensors "
                               "checkpoint or a diffusers folder.")
-    arch = detect_architecture(shapes, path.name)
+    arch, variant = detect_checkpoint(shapes, path.name)
     config_dir = Path(config_dir) if config_dir is not None else CONFIGS_DIR / arch
     _check_config_dir(config_dir, arch)
     cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
     extra: dict[str, Any] = _tokenizers(arch)
+    if variant:  # the shipped UNet configs are the 4-channel ones; the weights say how many it takes
+        extra["num_in_channels"] = shapes["model.diffusion_model.input_blocks.0.0.weight"][1]
     if arch == "sd1":
         extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:

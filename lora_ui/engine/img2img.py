@@ -19,7 +19,8 @@ The pipeline per batch, A1111 1.10's `StableDiffusionProcessingImg2Img` (pixel s
        blended at every denoiser call and once on the result (samples * nmask + init * mask).
     5. decode image by image (uint8 truncation), overlay composited (`apply_overlay`; "only masked": the
        result is pasted back into its box on the original's canvas), infotext, PNG in img2img-images/.
-9-channel inpainting UNets are not supported (refused with a message).
+9-channel inpainting UNets (engine/inpainting.py): every UNet call also gets A1111's image conditioning,
+built from the processed init images and the processed mask (rounded to 0/1; a full mask without one).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import torch
 from lora_ui.limits import MAX_IMAGE_PIXELS, MAX_SEED
 
 from . import images as px
+from . import inpainting
 from .sampling import registry
 from .sampling.denoiser import LatentMask
 from .sampling.rng import ImageRNG
@@ -99,10 +101,6 @@ def validate(model, req: Img2ImgRequest) -> tuple[int, int]:
         if not isinstance(getattr(req, name), (bool, int)):
             raise RequestError(name, f"must be true or false, got {getattr(req, name)!r}")
     _validate_images(req)
-    if int(model.pipe.unet.config.in_channels) != 4:
-        raise RequestError("init_images", "this checkpoint's UNet takes "
-                           f"{model.pipe.unet.config.in_channels} channels (an inpainting model); "
-                           "only 4-channel models are supported for img2img")
     _validate_steps(req)
     return width, height
 
@@ -288,8 +286,9 @@ def _one_batch(model, req, prepared: Prepared, spec: PassSpec, plan, text, negat
             params["Masked content"] = label
     conds, ti_hashes = encode_conds(model, req, text, negative_text, len(seeds), prompt_steps(plan, req.steps), ti)
     rng = make_rng(model, req, seeds, subseeds, tuple(init.shape[1:]), plan)
-    sampled = sample_pass(model, replace(spec, init=init, latent_mask=latent_mask), conds, rng, width, height,
-                          loras, on_step)
+    image_cond = inpainting.img2img_conditioning(model, prepared.images, prepared.latent_mask, tuple(init.shape[-2:]))
+    sampled = sample_pass(model, replace(spec, init=init, latent_mask=latent_mask, image_cond=image_cond), conds, rng,
+                          width, height, loras, on_step)
     if latent_mask is not None:
         sampled.latents = latent_mask.blend(sampled.latents)
     return sampled, params, ti_hashes

@@ -40,7 +40,7 @@ import torch
 from lora_ui.limits import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CFG, MAX_CLIP_SKIP, MAX_SEED, MAX_SIZE,
                             MAX_STEPS, MIN_SIZE)
 
-from . import conditioning
+from . import conditioning, inpainting
 from .sampling import registry
 from .sampling.denoiser import CFGDenoiser, DiscreteDenoiser, DiscreteSchedule, LatentMask, sdxl_time_ids
 from .sampling.rng import SOURCES as RNG_SOURCES
@@ -355,6 +355,7 @@ def build_infotext(model, req: Txt2ImgRequest, *, seed: int, subseed: int, width
         "RNG": req.rng if req.rng != "GPU" else None,
         **extra,
         **(extra_params or {}),
+        inpainting.INFOTEXT_KEY: inpainting.MASK_WEIGHT if inpainting.is_inpainting(model) else None,
         "Lora hashes": lora_hashes or None,
         "TI hashes": ti_hashes or None,
         "Version": VERSION,
@@ -378,7 +379,9 @@ class PassSpec:
     """One sampling pass: sampler, schedule, CFG and, for img2img / the hires pass, where it starts.
 
     txt2img: `init` None, the sampler runs `steps` from the first draw. img2img: `init` (B, C, h, w) latents,
-    `steps` the schedule length and `t_enc` from `registry.img2img_steps`; `latent_mask` for inpainting."""
+    `steps` the schedule length and `t_enc` from `registry.img2img_steps`; `latent_mask` for inpainting.
+    `image_cond`: an inpainting UNet's image conditioning (engine/inpainting.py); None on such a model
+    means A1111's txt2img one (full mask, gray image), computed by sample_pass at the pass's size."""
 
     sampler: str
     scheduler: str
@@ -388,6 +391,7 @@ class PassSpec:
     init: torch.Tensor | None = None
     t_enc: int = 0
     latent_mask: LatentMask | None = None
+    image_cond: torch.Tensor | None = None
 
     @property
     def iterations(self) -> int:
@@ -400,17 +404,19 @@ def pass_of(model, req: Txt2ImgRequest) -> PassSpec:
     return PassSpec(req.sampler, req.scheduler, int(req.steps), float(req.cfg_scale), sampling_options(model, req))
 
 
-def build_cfg(model, cfg_scale: float, conds, width: int, height: int, latent_mask=None, unet=None) -> CFGDenoiser:
+def build_cfg(model, cfg_scale: float, conds, width: int, height: int, latent_mask=None, unet=None,
+              image_cond: torch.Tensor | None = None) -> CFGDenoiser:
     """CFG over the model's UNet (or `unet`, a callable with the UNet's signature, e.g. the mixed-LoRA
     wrapper of a batch of requests) as A1111's k-diffusion denoiser: eps or v-prediction from the
-    model's scheduler config, SDXL micro-conditioning from the image size; `latent_mask` for inpainting."""
+    model's scheduler config, SDXL micro-conditioning from the image size; `latent_mask` for inpainting;
+    `image_cond` for an inpainting UNet (see CFGDenoiser)."""
     pipe = model.pipe
     config = dict(getattr(model, "scheduler_config", None) or pipe.scheduler.config)
     denoiser = DiscreteDenoiser(unet if unet is not None else pipe.unet, model_schedule(model),
                                 config.get("prediction_type") or "epsilon",
                                 time_ids=sdxl_time_ids(height, width) if model.arch == "sdxl" else None,
                                 unet_dtype=pipe.unet.dtype)
-    return CFGDenoiser(denoiser, float(cfg_scale), conds, latent_mask=latent_mask)
+    return CFGDenoiser(denoiser, float(cfg_scale), conds, latent_mask=latent_mask, image_cond=image_cond)
 
 
 def sample_pass(model, spec: PassSpec, conds, rng: ImageRNG, width: int, height: int, loras, on_step,
@@ -418,7 +424,10 @@ def sample_pass(model, spec: PassSpec, conds, rng: ImageRNG, width: int, height:
     """Run one pass over the model for one batch; stops early on GenerationInterrupted (returns the last
     x0 estimate). The first noise is `rng.first()` (txt2img: the start; img2img: added to `spec.init`).
     `on_step(done, total, x0)` after each iteration; `unet`: see build_cfg."""
-    cfg = build_cfg(model, spec.cfg_scale, conds, width, height, spec.latent_mask, unet)
+    image_cond = spec.image_cond
+    if image_cond is None:
+        image_cond = inpainting.txt2img_conditioning(model, width, height, tuple(rng.shape[-2:]))
+    cfg = build_cfg(model, spec.cfg_scale, conds, width, height, spec.latent_mask, unet, image_cond)
     total = spec.iterations
     last = {"x0": None}
 
@@ -457,9 +466,9 @@ def seeds_for(req: Txt2ImgRequest, base_seed: int, base_subseed: int, iteration:
 
 
 def latent_shape(pipe, width: int, height: int) -> tuple[int, int, int]:
-    """(C, h, w) of one image's latent."""
+    """(C, h, w) of one image's latent (C: the VAE's latent channels; an inpainting UNet takes 5 more)."""
     factor = vae_scale_factor(pipe)
-    return int(pipe.unet.config.in_channels), height // factor, width // factor
+    return int(pipe.vae.config.latent_channels), height // factor, width // factor
 
 
 def outputs_folder(outputs_dir: Path | None, kind: str = "txt2img-images") -> Path | None:

@@ -31,13 +31,15 @@ def images_to_tensor(images: Sequence) -> torch.Tensor:
 def encode_pixels(pipe, pixels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> latents (B, 4, H/8, W/8) * scaling_factor, one image at a time: the
     posterior mean (see the module doc). `seeds` are accepted for a future seeded-sample option."""
+    return encode_signed(pipe, pixels * 2 - 1)
+
+
+@torch.no_grad()
+def encode_signed(pipe, x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] (the VAE's own range) -> latents * scaling_factor (float32), image by image."""
     vae = pipe.vae
     factor = float(vae.config.scaling_factor)
-    out = []
-    for one, seed in zip(pixels, seeds):
-        x = one[None].to(vae.device, vae.dtype) * 2 - 1
-        dist = vae.encode(x).latent_dist
-        out.append(dist.mode() * factor)
+    out = [vae.encode(one[None].to(vae.device, vae.dtype)).latent_dist.mode() * factor for one in x]
     return torch.cat(out).float()
 
 

@@ -1,6 +1,6 @@
-"""The img2img tab and hires fix in a real browser: upload an init image and a mask, inpaint, get an
-image that keeps the outside and repaints the inside; txt2img with hires fix gives an image of the
-upscaled size (the gallery image's natural size)."""
+"""The img2img tab and hires fix in a real browser: upload an init image and a mask (or draw the mask with
+the mouse on the editor's canvas), inpaint, get an image that keeps the outside and repaints the inside;
+txt2img with hires fix gives an image of the upscaled size (the gallery image's natural size)."""
 from __future__ import annotations
 
 import io
@@ -72,6 +72,73 @@ def test_img2img_inpaint_keeps_the_outside_and_repaints_the_masked_square(page, 
     infotext = page.locator("#img2img_infotext textarea")
     expect(infotext).to_have_value(re.compile(re.escape("Denoising strength: 1")))
     expect(infotext).to_have_value(re.compile(re.escape("Seed: 17")))
+
+
+ZOOM_JS = "() => parseFloat(document.querySelector('#img2img_editor .zoom-number')?.innerText) || 0"
+
+
+def upload_to_editor(page, path) -> float:
+    """Put the init image in the ImageEditor once its canvas is ready; -> the canvas zoom (screen px per
+    image px) once the image is shown (the empty canvas shows 37%, a 64 px image fitted ~466%)."""
+    page.locator("#img2img_editor canvas").first.wait_for(state="visible")
+    page.wait_for_function(f"({ZOOM_JS})() > 0")
+    page.locator("#img2img_editor input[type=file]").first.set_input_files(str(path))
+    page.wait_for_function(f"({ZOOM_JS})() > 100")
+    return page.evaluate(ZOOM_JS) / 100
+
+
+def draw_stroke(page, zoom: float, start: tuple[int, int], end: tuple[int, int], brush_size: int) -> None:
+    """A mouse stroke from `start` to `end` (image pixels) with the Brush tool at `brush_size`: the image
+    is centred in the canvas, `zoom` screen px per image px."""
+    toolbar = page.locator("#img2img_editor .toolbar-wrap")
+    toolbar.locator("button[aria-label='Brush Size']").click()
+    page.locator("#img2img_editor input[type=range]").fill(str(brush_size))
+    toolbar.locator("button[aria-label='Brush']").click()
+    box = page.locator("#img2img_editor canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    def screen(p):
+        return cx + (p[0] - SIZE / 2) * zoom, cy + (p[1] - SIZE / 2) * zoom
+
+    page.mouse.move(*screen(start))
+    page.mouse.down()
+    page.mouse.move(*screen(end), steps=12)
+    page.mouse.up()
+
+
+def distance_to_segment(a: tuple[int, int], b: tuple[int, int]) -> np.ndarray:
+    """(SIZE, SIZE) distance of each pixel centre to the segment a-b (image pixels)."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+    (ax, ay), (bx, by) = a, b
+    t = np.clip(((xx - ax) * (bx - ax) + (yy - ay) * (by - ay)) / ((bx - ax) ** 2 + (by - ay) ** 2), 0, 1)
+    return np.hypot(xx - (ax + t * (bx - ax)), yy - (ay + t * (by - ay)))
+
+
+def test_img2img_inpaint_a_mask_drawn_with_the_mouse(page, tmp_path):
+    # init: a smooth colour gradient; mask: one horizontal brush stroke across the middle (mask blur 4)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    init = np.stack([xx * 4, yy * 4, np.full_like(xx, 90)], axis=-1).astype(np.uint8)
+    Image.fromarray(init).save(tmp_path / "init.png")
+    start, end = (20, 32), (44, 32)
+
+    page.get_by_role("tab", name="img2img", exact=True).click()
+    page.locator("#img2img_prompt textarea").fill("a big red circle on a blue background")
+    zoom = upload_to_editor(page, tmp_path / "init.png")
+    draw_stroke(page, zoom, start, end, brush_size=8)
+    set_number(page, "img2img_steps", 4)
+    set_number(page, "img2img_denoising_strength", 1)
+    page.locator("#img2img_seed input").fill("17")
+    page.locator("#img2img_generate").click()
+
+    natural, out = gallery_image(page, "#img2img_gallery img")
+    assert natural == (SIZE, SIZE)
+    diff = np.abs(np.asarray(out).astype(int) - init.astype(int)).max(axis=2)
+    distance = distance_to_segment(start, end)
+    under, far = distance <= 2, distance > 22   # far: beyond the brush radius + the blur's 10 px reach
+    assert far.sum() > 1000
+    assert diff[far].max() <= 2                 # away from the stroke: the init image
+    assert diff[under].mean() > 30              # under the stroke: repainted
+    expect(page.locator("#img2img_infotext textarea")).to_have_value(re.compile(re.escape("Mask blur: 4")))
 
 
 def test_hires_fix_from_txt2img_gives_an_image_of_the_upscaled_size(page, app_server):

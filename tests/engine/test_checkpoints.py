@@ -159,8 +159,9 @@ def _fake_safetensors(path: Path, shapes: dict[str, tuple]) -> Path:
 BAD_ARCHS = {
     "sd2.safetensors": ({"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
                          "cond_stage_model.model.token_embedding.weight": (4, 4)}, "Stable Diffusion 2.x"),
-    "inpaint.safetensors": ({"model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3),
-                             "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,)}, "inpainting"),
+    "instruct.safetensors": ({"model.diffusion_model.input_blocks.0.0.weight": (8, 8, 3, 3),
+                              "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,)},
+                             "8 UNet input channels"),
     "refiner.safetensors": ({"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
                              "conditioner.embedders.0.model.token_embedding.weight": (4, 4)}, "SDXL refiner"),
     "lora.safetensors": ({"lora_unet_down_blocks_0_attn.lora_down.weight": (4, 8)}, "is a LoRA"),

@@ -8,6 +8,9 @@
     CFGDenoiser        A1111's batching of AND conds and negatives, CFG combined in order, call counting
 
 Shapes: x (B, C, h, w) latents in sigma space (x = x0 + sigma * eps); sigma (B,); cond rows as CondBatch.
+Inpainting UNets (9 input channels): `CFGDenoiser.image_cond` (B or 1, 5, h, w) = A1111's c_concat (mask,
+masked-image latents; engine/inpainting.py) rides in each CondBatch row (`CondBatch.image`, the same for a
+cond row and its image's negative row) and `apply_unet` appends it to the (c_in-scaled) latents.
 """
 from __future__ import annotations
 
@@ -100,16 +103,19 @@ class DiscreteSchedule:
 
 @dataclass(frozen=True)
 class CondBatch:
-    """Conditioning rows for one UNet call: embeds (N, L, D), pooled (N, P) or None (SD1)."""
+    """Conditioning rows for one UNet call: embeds (N, L, D), pooled (N, P) or None (SD1), image (N, 5, h, w)
+    or None: an inpainting UNet's image conditioning (mask, masked-image latents), concatenated to x."""
 
     embeds: Tensor
     pooled: Tensor | None = None
+    image: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.embeds.shape[0])
 
     def rows(self, a: int, b: int) -> "CondBatch":
-        return CondBatch(self.embeds[a:b], None if self.pooled is None else self.pooled[a:b])
+        return CondBatch(self.embeds[a:b], None if self.pooled is None else self.pooled[a:b],
+                         None if self.image is None else self.image[a:b])
 
 
 def sdxl_time_ids(height: int, width: int, crop_top: int = 0, crop_left: int = 0) -> Tensor:
@@ -138,9 +144,11 @@ class DiscreteDenoiser:
         self.unet_dtype = unet_dtype or getattr(unet, "dtype", torch.float32)
 
     def apply_unet(self, x_in: Tensor, t: Tensor, cond: CondBatch) -> Tensor:
-        """The raw UNet output (N, C, h, w) at integer-or-fractional timesteps t (N,)."""
+        """The raw UNet output (N, C, h, w) at integer-or-fractional timesteps t (N,); an inpainting UNet
+        gets concat([x_in, cond.image]) on channels (A1111's "hybrid" conditioning)."""
         dt = self.unet_dtype
         kwargs: dict[str, Any] = {}
+        unet_in = x_in if cond.image is None else torch.cat([x_in, cond.image.to(x_in.device, x_in.dtype)], dim=1)
         if self.time_ids is not None:
             if cond.pooled is None:
                 raise ValueError("SDXL UNet needs pooled text embeddings")
@@ -148,7 +156,7 @@ class DiscreteDenoiser:
                 "text_embeds": cond.pooled.to(x_in.device, dt),
                 "time_ids": self.time_ids.to(x_in.device, dt).expand(len(cond), -1),
             }
-        out = self.unet(x_in.to(dt), t.to(dt), encoder_hidden_states=cond.embeds.to(x_in.device, dt), **kwargs)
+        out = self.unet(unet_in.to(dt), t.to(dt), encoder_hidden_states=cond.embeds.to(x_in.device, dt), **kwargs)
         out = getattr(out, "sample", out)
         return out.to(x_in.dtype)
 
@@ -248,7 +256,8 @@ def _stack(conds: list[Cond]) -> CondBatch:
 
 def _cat(a: CondBatch, b: CondBatch) -> CondBatch:
     pooled = None if a.pooled is None else torch.cat([a.pooled, b.pooled])
-    return CondBatch(torch.cat([a.embeds, b.embeds]), pooled)
+    image = None if a.image is None else torch.cat([a.image, b.image])
+    return CondBatch(torch.cat([a.embeds, b.embeds]), pooled, image)
 
 
 @dataclass
@@ -265,6 +274,8 @@ class CFGDenoiser:
     second-order samplers advance prompt editing twice per step).
     `latent_mask` (inpainting): A1111 blends the guided output D (k-samplers, `mask_before=False`) or, for
     the timestep samplers (`mask_before=True`), the input x before the UNet sees it.
+    `image_cond` (B or 1, 5, h, w): an inpainting UNet's image conditioning, given to image i's cond rows
+    and its negative row alike (A1111 repeats c_concat for cond and uncond).
     """
 
     inner: Callable[[Tensor, Tensor, CondBatch], Tensor]
@@ -274,6 +285,7 @@ class CFGDenoiser:
     calls: int = 0
     latent_mask: LatentMask | None = None
     mask_before: bool = False
+    image_cond: Tensor | None = None
 
     def with_inner(self, inner: Callable[[Tensor, Tensor, CondBatch], Tensor]) -> "CFGDenoiser":
         return dataclasses.replace(self, inner=inner, calls=0)
@@ -292,8 +304,11 @@ class CFGDenoiser:
         owner = [i for i, ic in enumerate(images) for _ in ic.terms]
         x_in = torch.cat([x[owner], x])
         s_in = torch.cat([sigma[owner], sigma])
-        out = self._run(x_in, s_in, _stack([c for ic in images for c, _ in ic.terms]),
-                        _stack([ic.uncond for ic in images]), len(images))
+        conds, unconds = _stack([c for ic in images for c, _ in ic.terms]), _stack([ic.uncond for ic in images])
+        if self.image_cond is not None:
+            image = self.image_cond.expand(len(images), -1, -1, -1)
+            conds, unconds = dataclasses.replace(conds, image=image[owner]), dataclasses.replace(unconds, image=image)
+        out = self._run(x_in, s_in, conds, unconds, len(images))
         uncond = out[-len(images):]
         guided = uncond.clone()
         row = 0

@@ -211,3 +211,29 @@ def test_cfg_without_batch_cond_uncond_splits_by_batch():
     imgs = [ImageConds(((cond(1.0), 1.0),), cond(0.25)), ImageConds(((cond(2.0), 1.0),), cond(0.5))]
     CFGDenoiser(inner, 7.0, constant_conds(imgs), batch_cond_uncond=False)(torch.ones(2, 1, 1, 1), torch.ones(2))
     assert [c[0] for c in inner.calls] == [2, 2]
+
+
+@pytest.mark.parametrize("batch_cond_uncond", [True, False])
+def test_cfg_gives_each_row_its_images_image_conditioning_cond_and_uncond_alike(batch_cond_uncond):
+    """Inpainting UNets: image i's cond rows (every AND term) and its negative row get image_cond[i]; the
+    UNet input is concat([x * c_in, image_cond]) (the DiscreteDenoiser appends it to the scaled latents)."""
+    seen = []
+
+    def unet(x, t, encoder_hidden_states):
+        seen.append(x.clone())
+        return torch.zeros(x.shape[0], 1, *x.shape[2:])
+
+    imgs = [ImageConds(((cond(1.0), 1.0), (cond(2.0), 0.5)), cond(0.25)),
+            ImageConds(((cond(3.0), 1.0),), cond(0.5, 2))]                 # unequal lengths: grouped calls
+    image_cond = torch.tensor([10.0, 20.0]).reshape(2, 1, 1, 1).expand(2, 5, 2, 2)
+    denoiser = DiscreteDenoiser(unet, sd15_schedule())
+    cfg = CFGDenoiser(denoiser, 7.0, constant_conds(imgs), batch_cond_uncond=batch_cond_uncond,
+                      image_cond=image_cond)
+    x = torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2).clone()
+    sigma = 3.0
+    cfg(x, torch.full((2,), sigma))
+    rows = torch.cat(seen)
+    assert rows.shape == (5, 6, 2, 2)
+    c_in = 1 / math.sqrt(sigma ** 2 + 1)
+    assert torch.allclose(rows[:, 0, 0, 0], torch.tensor([1.0, 1.0, 2.0, 1.0, 2.0]) * c_in)
+    assert rows[:, 1:, 0, 0].tolist() == [[v] * 5 for v in (10.0, 10.0, 20.0, 10.0, 20.0)]
