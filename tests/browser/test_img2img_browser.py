@@ -49,8 +49,7 @@ def test_img2img_inpaint_keeps_the_outside_and_repaints_the_masked_square(page, 
 
     page.get_by_role("tab", name="img2img", exact=True).click()
     page.locator("#img2img_prompt textarea").fill("a big red circle on a blue background")
-    page.locator("#img2img_editor input[type=file]").first.set_input_files(str(tmp_path / "init.png"))
-    expect(page.locator("#img2img_editor canvas").first).to_be_visible()
+    upload_to_editor(page, tmp_path / "init.png")  # waits for the canvas: an early upload is dropped
     open_accordion(page, "img2img_inpaint", "Inpaint")
     page.locator("#img2img_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
     expect(page.locator("#img2img_mask img").first).to_be_visible()
@@ -167,8 +166,7 @@ def test_img2img_compare_with_and_without_lora_and_the_strength_x_weight_grid(pa
     Image.fromarray(init).save(tmp_path / "init.png")
     page.get_by_role("tab", name="img2img", exact=True).click()
     page.locator("#img2img_prompt textarea").fill("a big red circle on a blue background <lora:inkwash:1>")
-    page.locator("#img2img_editor input[type=file]").first.set_input_files(str(tmp_path / "init.png"))
-    expect(page.locator("#img2img_editor canvas").first).to_be_visible()
+    upload_to_editor(page, tmp_path / "init.png")  # waits for the canvas: an early upload is dropped
     set_number(page, "img2img_steps", 4)
     page.locator("#img2img_seed input").fill("23")
     open_accordion(page, "img2img_compare_panel", "Compare with / without LoRA")
