@@ -157,10 +157,10 @@ def _decode(pipe, latents):
         return [a1111_uint8(vae.decode(one[None] / vae.config.scaling_factor).sample) for one in latents]
 
 
-def ours(model, seeds, sampler, schedule, steps, cfg):
+def ours(model, seeds, sampler, schedule, steps, cfg, eta=None):
     result = generate(model, Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE, sampler=sampler, scheduler=schedule,
                                             steps=steps, cfg_scale=cfg, seed=seeds[0], batch_size=len(seeds),
-                                            save_images=False))
+                                            eta=eta, save_images=False))
     return [np.asarray(im) for im in result.images], result
 
 
@@ -245,7 +245,7 @@ class LCMReference(external.DiscreteEpsDDPMDenoiser):
 TIMESTEP = ("DDIM", "DDIM CFG++", "PLMS", "UniPC")
 
 
-def reference_timestep_images(pipe, arch, seeds, sampler, steps, cfg, size):
+def reference_timestep_images(pipe, arch, seeds, sampler, steps, cfg, size, eta=0.0):
     """DDIM / DDIM CFG++ / PLMS / UniPC: x = z (unscaled), CFG on eps, the schedule type ignored."""
     unet, abar, cond, noise = _reference_parts(pipe, arch, seeds, size)
     b = len(seeds)
@@ -256,7 +256,7 @@ def reference_timestep_images(pipe, arch, seeds, sampler, steps, cfg, size):
 
     x = noise.next()
     if sampler == "DDIM":
-        latents = R.ddim(eps, x, abar, steps, noise)
+        latents = R.ddim(eps, x, abar, steps, noise, eta)
     elif sampler == "DDIM CFG++":
         latents = R.ddim_cfgpp(_cfg(unet, cond, b, cfg / 12.5), x, abar, steps, noise)
     elif sampler == "PLMS":
@@ -285,9 +285,9 @@ def reference_sigma_images(pipe, arch, seeds, sampler, schedule, steps, cfg, siz
     return _decode(pipe, latents)
 
 
-def _reference(pipe, arch, seeds, sampler, schedule, steps, cfg, size):
+def _reference(pipe, arch, seeds, sampler, schedule, steps, cfg, size, eta=None):
     if sampler in TIMESTEP:
-        return reference_timestep_images(pipe, arch, seeds, sampler, steps, cfg, size)
+        return reference_timestep_images(pipe, arch, seeds, sampler, steps, cfg, size, eta or 0.0)
     return reference_sigma_images(pipe, arch, seeds, sampler, schedule, steps, cfg, size)
 
 
@@ -297,24 +297,27 @@ def _assert_same(mine, want):
         assert diff.max() == 0, f"image {i}: {int((diff > 0).sum())} values differ, by up to {diff.max()} levels"
 
 
-PAPER_CASES = [  # (sampler, schedule, steps, seeds): schedule types where A1111 lets them matter
-    ("DDIM", "Automatic", 7, [3135098381, 3135098382]),
-    ("DDIM", "Karras", 7, [3135098381, 3135098382]),         # ignored by timestep samplers: same reference
-    ("DDIM CFG++", "Automatic", 7, [3135098381, 3135098382]),
-    ("PLMS", "Automatic", 7, [3135098381, 3135098382]),
-    ("UniPC", "Automatic", 7, [3135098381, 3135098382]),
-    ("LCM", "Automatic", 7, [3135098381, 3135098382]),
-    ("LCM", "Karras", 7, [3135098381, 3135098382]),           # Karras over LCM's own sigma range
-    ("Restart", "Automatic", 20, [3135098381]),                # >= 20 steps: Karras main + one restart
-    ("Restart", "Exponential", 7, [3135098381, 3135098382]),   # < 20 steps: Heun on the chosen schedule
+TWO, ONE = [3135098381, 3135098382], [3135098381]
+PAPER_CASES = [  # (sampler, schedule, steps, seeds, eta): schedule types where A1111 lets them matter
+    ("DDIM", "Automatic", 7, TWO, None),
+    ("DDIM", "Karras", 7, TWO, None),            # ignored by the timestep samplers: the same reference
+    ("DDIM", "Automatic", 7, TWO, 1.0),          # "Eta DDIM" 1: a per-image draw used at every step
+    ("DDIM CFG++", "Automatic", 7, TWO, None),
+    ("PLMS", "Automatic", 7, TWO, None),
+    ("UniPC", "Automatic", 7, TWO, None),
+    ("LCM", "Automatic", 7, TWO, None),
+    ("LCM", "Karras", 7, TWO, None),             # Karras over LCM's own sigma range
+    ("Restart", "Automatic", 20, ONE, None),     # >= 20 steps: Karras main schedule + one restart
+    ("Restart", "Exponential", 7, TWO, None),    # < 20 steps: Heun on the chosen schedule
 ]
 
 
-@pytest.mark.parametrize("sampler,schedule,steps,seeds", PAPER_CASES, ids=[f"{a}-{b}-{c}" for a, b, c, _ in PAPER_CASES])
-def test_demo_model_image_equals_the_paper_reference_byte_for_byte(demo, sampler, schedule, steps, seeds):
-    mine, result = ours(demo, seeds, sampler, schedule, steps=steps, cfg=7.0)
-    _assert_same(mine, _reference(demo.pipe, "sd1", seeds, sampler, schedule, steps, 7.0, 64))
-    assert f"Sampler: {sampler}," in result.infotexts[0]
+@pytest.mark.parametrize("sampler,schedule,steps,seeds,eta", PAPER_CASES,
+                         ids=[f"{a}-{b}-{c}" + (f"-eta{e}" if e else "") for a, b, c, _, e in PAPER_CASES])
+def test_demo_model_image_equals_the_paper_reference_byte_for_byte(demo, sampler, schedule, steps, seeds, eta):
+    mine, result = ours(demo, seeds, sampler, schedule, steps=steps, cfg=7.0, eta=eta)
+    _assert_same(mine, _reference(demo.pipe, "sd1", seeds, sampler, schedule, steps, 7.0, 64, eta))
+    assert f"Sampler: {sampler}," in result.infotexts[0] and ("Eta DDIM: " in result.infotexts[0]) == bool(eta)
     assert mine[0].std() > 5 and (len(mine) == 1 or not np.array_equal(mine[0], mine[1]))
 
 
