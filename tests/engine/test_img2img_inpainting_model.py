@@ -194,3 +194,44 @@ def test_single_file_inpainting_checkpoint_is_detected_and_loads(tmp_path, model
 ])
 def test_detect_checkpoint_reads_the_variant_from_conv_in(shapes, expected):
     assert detect_checkpoint(shapes, "x.safetensors") == expected
+
+
+# ------------------------------------------------------------------ SDXL: the same conditioning path
+SDXL_SCALING = 0.13025  # the tiny SDXL VAE's scaling_factor
+
+
+@pytest.fixture(scope="module")
+def sdxl_model():
+    """The tiny SDXL pipeline with its UNet rebuilt from the same config with 9 input channels."""
+    from diffusers import UNet2DConditionModel
+
+    from lora_ui.testing.tiny_models import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline(0)
+    torch.manual_seed(20)
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9}).eval()
+    return wrap_pipeline(pipe, name="tiny-sdxl-inpainting")
+
+
+def test_sdxl_inpainting_unet_input_and_the_outside_kept(sdxl_model):
+    seen: list[torch.Tensor] = []
+    handle = sdxl_model.pipe.unet.conv_in.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach().clone()))
+    image, mask = init_image(), square_mask()
+    try:
+        out = generate_img2img(sdxl_model, Img2ImgRequest(
+            prompt="a cat", negative_prompt="", sampler="Euler", steps=3, seed=7, rng="CPU", width=SIZE,
+            height=SIZE, save_images=False, init_images=[image], mask=mask, mask_blur=0, inpainting_fill=1,
+            inpaint_full_res=False, denoising_strength=1.0))
+    finally:
+        handle.remove()
+    m = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)  # blur 0: the mask itself, 0/1
+    with torch.no_grad():
+        masked = sdxl_model.pipe.vae.encode(((pixels(image) * 2 - 1) * (1 - m))[None]).latent_dist.mode()[0]
+    for row in seen[0]:
+        assert torch.equal(row[4], m[::2, ::2])
+        assert_close(row[5:], masked * SDXL_SCALING)
+    got, want = np.asarray(out.images[0]).astype(int), np.asarray(image).astype(int)
+    outside = np.asarray(mask) == 0
+    assert np.abs(got - want)[outside].max() <= 2
+    inside = np.abs(got - want)[12:20, 12:20].mean()
+    assert inside > 20, inside
