@@ -67,6 +67,14 @@ def _alive_after_grace(threads: list[threading.Thread]) -> list[threading.Thread
     return [t for t in threads if t.is_alive()]
 
 
+def _event_loop_executor_thread(thread: threading.Thread) -> bool:
+    """An idle worker of an asyncio loop's default executor ("asyncio_N", started by `run_in_executor`).
+    Its lifetime is its loop's: the session-scoped servers and Playwright own those loops, and such a worker
+    can start lazily in any module (e.g. a getaddrinfo); it never holds up exit (concurrent.futures joins
+    idle workers at exit). Our own threads are named "lora-..." and are judged below and at session end."""
+    return thread.name.startswith("asyncio_")
+
+
 def _describe(threads: list[threading.Thread]) -> str:
     return ", ".join(f"{t.name} (daemon={t.daemon})" for t in threads)
 
@@ -78,7 +86,7 @@ def _module_joins_its_non_daemon_threads():
     before = set(threading.enumerate())
     yield
     new = [t for t in threading.enumerate() if t not in before and not t.daemon and t.is_alive()
-           and t is not threading.current_thread()]
+           and t is not threading.current_thread() and not _event_loop_executor_thread(t)]
     leaked = _alive_after_grace(new)
     if leaked:
         pytest.fail(f"non-daemon threads left running by this module (close what you open): {_describe(leaked)}",
