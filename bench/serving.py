@@ -151,7 +151,8 @@ def main(argv=None) -> int:
     steps = args.steps or (8 if args.quick else 20)
     repeats = 3 if args.quick else 5
     out: dict = {"model": "tiny SD1 (testing/tiny_models)", "size": args.size, "steps": steps,
-                 "requests": args.requests, "batch": 4, "threads": 1, "device": "cpu"}
+                 "requests": args.requests, "batch": 4, "threads": 1, "device": "cpu", "cpu_count": os.cpu_count(),
+                 "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         folder = Path(tmp) / "loras"
         model, library = _world(folder)
@@ -192,6 +193,7 @@ def main(argv=None) -> int:
                 out.update({"sweep_1_replica_s": round(one, 3), "sweep_2_replicas_s": round(two, 3),
                             "sweep_2_replicas_vs_1": round(two / one, 3)})
                 print(f"sweep of {len(cells)} cells: 1 replica {one:.2f} s, 2 replicas {two:.2f} s", flush=True)
+    out["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # other processes on a shared machine skew wall times
     print(json.dumps(out))
     return 0
 
