@@ -82,7 +82,7 @@ class InterruptingWorker:
     def requests(self) -> list:
         return self.session.requests
 
-    def submit(self, job: Callable[[Any], Any], kind: str = "job", job_count: int = 1) -> Future:
+    def submit(self, job: Callable[[Any], Any], kind: str = "job", job_count: int = 1, owner: Any = None) -> Future:
         self.jobs.append((kind, job_count))
         future: Future = Future()
         try:

@@ -154,8 +154,10 @@ class SdApi:
             raise ApiError(field, f"must be a whole number from 1 to {MAX_CLIP_SKIP}, got {value!r}")
         return int(value)
 
-    def build_request(self, body: m.Txt2ImgBody, extra_lora_names: list[str] = ()) -> tuple[Any, str | None, list]:
-        """Body -> (Txt2ImgRequest, checkpoint to render with or None, warnings). Raises ApiErrors."""
+    def build_request(self, body: m.Txt2ImgBody, extra_lora_names: list[str] = (),
+                      owner: str | None = None) -> tuple[Any, str | None, list]:
+        """Body -> (Txt2ImgRequest, checkpoint to render with or None, warnings). Raises ApiErrors.
+        `owner`: who asked (`request_owner`), carried by the request for the worker's round-robin."""
         from lora_ui.engine.sampling import registry
         from lora_ui.engine.txt2img import Txt2ImgRequest
         from lora_ui.prompt import extract_lora_tags
@@ -253,18 +255,18 @@ class SdApi:
             prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, scheduler=scheduler,
             steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height, seed=body.seed,
             batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
-            save_images=body.save_images, **sampling_fields(body, overrides), **hires_fields(body),
+            save_images=body.save_images, **sampling_fields(body, overrides), **hires_fields(body), owner=owner,
         )
         return request, checkpoint, list(warnings)
 
     # ------------------------------------------------------------------ txt2img
-    def txt2img(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
+    def txt2img(self, body: m.Txt2ImgBody, watch: "JobWatch | None" = None, owner: str | None = None) -> dict[str, Any]:
         if body.script_name and body.script_name.strip():
             return self.xyz(body, watch)
-        req, checkpoint, _ = self.build_request(body)
+        req, checkpoint, _ = self.build_request(body, owner=owner)
         return self._render(body, req, checkpoint, "txt2img", watch)
 
-    def img2img(self, body: m.Img2ImgBody, watch: "JobWatch | None" = None) -> dict[str, Any]:
+    def img2img(self, body: m.Img2ImgBody, watch: "JobWatch | None" = None, owner: str | None = None) -> dict[str, Any]:
         """A1111's /img2img: the txt2img checks, then the images decoded and the img2img fields mapped."""
         from dataclasses import asdict
 
@@ -272,7 +274,7 @@ class SdApi:
 
         if body.enable_hr:
             raise ApiError("enable_hr", "hires fix is a txt2img option")
-        base, checkpoint, _ = self.build_request(body.model_copy(update={"enable_hr": False}))
+        base, checkpoint, _ = self.build_request(body.model_copy(update={"enable_hr": False}), owner=owner)
         errors: list[ApiError] = []
         images = []
         for i, data in enumerate(body.init_images):
@@ -311,7 +313,8 @@ class SdApi:
                     session.switch_model(str(previous.path) if previous.path is not None else None)
 
         started = time.time()
-        future = self.ctx.worker.submit(job, kind=kind, job_count=req.batch_count)
+        owned = {"owner": req.owner} if getattr(req, "owner", None) else {}
+        future = self.ctx.worker.submit(job, kind=kind, job_count=req.batch_count, **owned)
         if watch is not None:
             watch.add(future, self.ctx.worker)
         result, model = _await_render(future)
@@ -953,6 +956,21 @@ async def run_render(request: Any, waiters: ThreadPoolExecutor, call: Callable[[
 
 
 # ---------------------------------------------------------------------------------------- wiring
+def request_owner(request: Any, auth: list[tuple[str, str]] | None) -> str:
+    """Who an API request is from, for the worker's round-robin: "api-user:NAME" with auth on (the
+    dependency has already checked the credentials), else "api-client:HOST" (the client address)."""
+    if auth:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                return "api-user:" + base64.b64decode(token, validate=True).decode("utf-8").partition(":")[0]
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                pass
+    client = getattr(request, "client", None)
+    return f"api-client:{getattr(client, 'host', None) or 'unknown'}"
+
+
 def _auth_dependency(auth: list[tuple[str, str]] | None):
     basic = HTTPBasic(auto_error=False)
 
@@ -983,7 +1001,8 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
     async def txt2img(body: m.Txt2ImgBody, request: Request):
         """Render; `<lora:name:weight>` tags in the prompt apply LoRAs for this request only. A client
         that disconnects cancels its job."""
-        return await run_render(request, api.render_waiters, lambda watch: api.txt2img(body, watch))
+        owner = request_owner(request, auth)
+        return await run_render(request, api.render_waiters, lambda watch: api.txt2img(body, watch, owner))
 
     @router.get("/loras", response_model=list[m.LoraItem], tags=a1111)
     def loras():
@@ -1093,7 +1112,8 @@ def build_router(ctx: Any, auth: list[tuple[str, str]] | None, limits: Limits | 
     @router.post("/img2img", response_model=m.Txt2ImgResponse, tags=a1111)
     async def img2img(body: m.Img2ImgBody, request: Request):
         """img2img / inpainting (base64 init_images and mask); A1111's fields and defaults."""
-        return await run_render(request, api.render_waiters, lambda watch: api.img2img(body, watch))
+        owner = request_owner(request, auth)
+        return await run_render(request, api.render_waiters, lambda watch: api.img2img(body, watch, owner))
 
     @router.get("/upscalers", response_model=list[m.UpscalerItem], tags=a1111)
     def upscalers():

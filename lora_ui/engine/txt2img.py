@@ -109,6 +109,9 @@ class Txt2ImgRequest:
     hr_scheduler: str = ""
     hr_prompt: str = ""                        # "": the prompt
     hr_negative_prompt: str = ""
+    # who asked (never changes the image): the REST API's authenticated user or client address, the UI's
+    # Gradio session. The worker serves owners round-robin and cancels a closed page's jobs by it.
+    owner: str | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,7 +70,8 @@ class _QueuedJob:
     future: JobFuture
     job_count: int
     request: Any = None          # a Txt2ImgRequest that may share a mixed batch (batching on)
-    owner: Any = None            # who submitted it (the UI's Gradio session hash), for cancel_owner
+    owner: Any = None            # who submitted it (Txt2ImgRequest.owner: the UI's Gradio session, the API's
+                                 # user or client address): round-robin across owners, cancel_owner
     batch_plan: Any = None       # (key, specs, warnings) once looked at; False: renders alone
 
 
@@ -81,8 +83,9 @@ class BatchingConfig:
     max_images: images per batch (a request counts its batch_size); bound it by memory.
     Requests share a batch when they share checkpoint, size, sampler, schedule, steps and CFG
     (`engine.batching.batch_key`) and every LoRA of theirs has a low-rank form (`lora.mixed`);
-    others render alone through today's path. The oldest queued job always runs next (FIFO: a
-    batch only takes partners from behind it), so nothing is starved.
+    others render alone through today's path. Jobs are taken round-robin across owners (`fair_order`;
+    FIFO within one owner, and FIFO overall when nobody names an owner), batch partners in the same
+    order, so one user's long queue never starves another user's request.
     """
 
     window_s: float = 0.005
@@ -91,6 +94,20 @@ class BatchingConfig:
     def __post_init__(self) -> None:
         if self.window_s < 0 or self.max_images < 1:
             raise ValueError(f"BatchingConfig: window_s >= 0 and max_images >= 1, got {self}")
+
+
+def fair_order(jobs: list, last_served: dict) -> list:
+    """The order a round-robin over owners serves `jobs` (queue order; each has `.owner`, None is one owner).
+
+    Each owner's jobs stay in their queue order; owners take turns, the one served longest ago (never: first,
+    ties by the queue position of its oldest job) going first in every round. So one owner's 50 queued
+    requests cannot starve another owner's single one: it is at most (number of owners - 1) jobs away."""
+    by_owner: dict = {}
+    for position, job in enumerate(jobs):
+        by_owner.setdefault(job.owner, []).append((position, job))
+    owners = sorted(by_owner, key=lambda o: (last_served.get(o, -1), by_owner[o][0][0]))
+    rounds = max((len(v) for v in by_owner.values()), default=0)
+    return [by_owner[o][k][1] for k in range(rounds) for o in owners if k < len(by_owner[o])]
 
 
 def _default_lora_manager(pipe: Any) -> "LoraManager":
@@ -245,6 +262,11 @@ class WorkerSession:
             raise GenerationInterrupted("skipped")
 
 
+def _owner_of(req: Any, owner: Any) -> Any:
+    """The job's owner: the one given, else the request's own `owner` field (None: submit's owner_provider)."""
+    return owner if owner is not None else getattr(req, "owner", None)
+
+
 def specs_for_prompt(library: "LoraLibrary | None", prompt: str) -> tuple[list, list[str]]:
     """(LoraSpecs, warnings) of the prompt's `<lora:...>` tags, resolved by the library; nothing applied."""
     from lora_ui.prompt import extract_lora_tags
@@ -286,7 +308,8 @@ def _merge_results(results: list, warnings: list[str]) -> "Txt2ImgResult":
 
 
 class Worker:
-    """Single thread owning the loaded model and its LoraManager; runs jobs from a FIFO queue.
+    """Single thread owning the loaded model and its LoraManager; runs queued jobs round-robin across
+    owners (FIFO within one owner; `fair_order`).
 
     model: the LoadedModel, or a zero-argument callable returning the current one (`ModelManager.require`),
         called on the worker thread at the start of every job: a slow first load does not block
@@ -327,6 +350,9 @@ class Worker:
         self._batch_skipped = False
         self._request_progress: dict[str, tuple[int, int]] = {}
         self.batches_run: list[int] = []                    # requests per mixed batch, in order (stats)
+        self.completed: deque[str] = deque(maxlen=1024)     # job ids in the order they finished (stats, tests)
+        self._last_served: dict[Any, int] = {}              # owner -> tick of its last started job (round-robin)
+        self._ticks = itertools.count()
         self.vaes = vae_manager  # engine/vae.VaeManager or None (then the model's VAE is never changed)
 
         self._queue: queue.Queue[_QueuedJob | None] = queue.Queue()
@@ -384,14 +410,14 @@ class Worker:
         return future
 
     def txt2img(self, req: "Txt2ImgRequest", *, owner: Any = None) -> JobFuture["Txt2ImgResult"]:
-        """Queue one txt2img request (its prompt carries its full LoRA set)."""
+        """Queue one txt2img request (its prompt carries its full LoRA set; `req.owner` names who asked)."""
         return self.submit(lambda session: session.txt2img(req), kind="txt2img", job_count=max(1, req.batch_count),
-                           _request=req if self.batching is not None else None, owner=owner)
+                           _request=req if self.batching is not None else None, owner=_owner_of(req, owner))
 
     def img2img(self, req: Any, *, owner: Any = None) -> JobFuture["Txt2ImgResult"]:
         """Queue one img2img request (engine/img2img.py Img2ImgRequest)."""
         return self.submit(lambda session: session.img2img(req), kind="img2img", job_count=max(1, req.batch_count),
-                           owner=owner)
+                           owner=_owner_of(req, owner))
 
     def cancel_owner(self, owner: Any) -> dict[str, int]:
         """The owner (a closed page's session) is gone: cancel its queued jobs, interrupt its running one.
@@ -521,6 +547,7 @@ class Worker:
             item = self._queue.get()
             if item is None:
                 return
+            item = self._take_fair(item)
             if self.batching is not None and item.request is not None:
                 self._run_batchable(item)
                 continue
@@ -528,8 +555,30 @@ class Worker:
                 continue
             self._run_one(item)
 
+    def _take_fair(self, item: _QueuedJob) -> _QueuedJob:
+        """`item` was taken from the queue's front: return the job round-robin picks instead (`fair_order`),
+        `item` going back to the front. Only this thread takes from the queue."""
+        with self._queue.mutex:
+            queued = [q for q in self._queue.queue if q is not None]
+            if not queued:
+                return item
+            chosen = fair_order([item, *queued], self._last_served)[0]
+            if chosen is not item:
+                self._queue.queue.remove(chosen)
+                self._queue.queue.appendleft(item)
+        return chosen
+
+    def _mark_served(self, owner: Any) -> None:
+        """A job of `owner` starts: it goes to the back of the round-robin."""
+        self._last_served[owner] = next(self._ticks)
+        if len(self._last_served) > 4096:  # forget owners with nothing queued (they come back as new)
+            with self._queue.mutex:
+                queued = {q.owner for q in self._queue.queue if q is not None}
+            self._last_served = {o: t for o, t in self._last_served.items() if o in queued or o == owner}
+
     def _run_one(self, item: _QueuedJob) -> None:
         job_id = item.future.job_id
+        self._mark_served(item.owner)
         with self._lock:
             self._current_job_id = job_id
             self._interrupt_job_id = job_id if job_id in self._doomed else None
@@ -548,6 +597,7 @@ class Worker:
             self._interrupt_job_id = None
             self._skip_job_id = None
         self._progress.end_job(queue_size=self._queue.qsize())
+        self.completed.append(job_id)
         # resolved after the state is reset: whoever waits on the future then sees an idle worker
         if error is not None:
             item.future.set_exception(error)
@@ -576,8 +626,8 @@ class Worker:
         return item.batch_plan
 
     def _run_batchable(self, head: _QueuedJob) -> None:
-        """The head of the queue is a txt2img request: gather partners for a batching window (from
-        behind it only, FIFO), render them in one mixed batch, or alone on today's path."""
+        """The fair head of the queue is a txt2img request: gather partners for a batching window (in
+        round-robin order after it), render them in one mixed batch, or alone on today's path."""
         try:
             model = self._ensure_model()
             plan = self._batch_plan(head, model)
@@ -594,7 +644,7 @@ class Worker:
         while images < self.batching.max_images:
             with self._queue.mutex:
                 waiting = [q for q in self._queue.queue if q is not None and q.request is not None]
-            for candidate in waiting:
+            for candidate in self._partner_order(head, waiting):
                 if candidate.future.cancelled():
                     continue
                 other = self._batch_plan(candidate, model)
@@ -617,11 +667,19 @@ class Worker:
         if batch:
             self._run_mixed(batch)
 
+    def _partner_order(self, head: _QueuedJob, waiting: list[_QueuedJob]) -> list[_QueuedJob]:
+        """Batch partners in the order round-robin would serve them, the head's owner just served."""
+        served = dict(self._last_served)
+        served[head.owner] = max(served.values(), default=0) + 1
+        return fair_order(waiting, served)
+
     def _run_mixed(self, batch: list[_QueuedJob]) -> None:
         from lora_ui.engine.batching import BatchItem, render_batch
         from lora_ui.engine.txt2img import GenerationInterrupted
 
         ids = [q.future.job_id for q in batch]
+        for q in batch:
+            self._mark_served(q.owner)
         with self._lock:
             self._current_job_id = ids[0]
             self._batch_job_ids = frozenset(ids)
@@ -673,6 +731,7 @@ class Worker:
             self._skip_job_id = self._interrupt_job_id = None
             self._request_progress = {}
         self._progress.end_job(queue_size=self._queue.qsize())
+        self.completed.extend(ids)
         for q, outcome in zip(batch, outcomes):
             if isinstance(outcome, BaseException):
                 q.future.set_exception(outcome)

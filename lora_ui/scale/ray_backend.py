@@ -17,6 +17,10 @@ runs with mixed-LoRA batching, so concurrent requests on one replica share a for
 Files: every replica builds its model and library with `model_factory(**factory_kwargs)` (a
 "module:function" path, imported on the replica); LoRAs and checkpoints are read from a path all nodes
 share (NFS, a PVC in KubeRay), with the same validation as locally (no pickles unless allowed).
+With `RayWorker(config, library=head_library)` and `config.file_cache_dir`, a request also carries the
+sha256 of each of its LoRAs (as the head's library validated them); a replica that has no file with that
+hash fetches it once from the head (`scale.files`: a `FileServer` actor pinned to the head node), checks
+the hash, validates it as locally and keeps it in its cache folder by hash.
 
 Failure: a request whose replica dies (actor died, unavailable) is retried once through the handle
 (Serve routes it to a live replica); a second failure fails that request's future with the error.
@@ -71,6 +75,8 @@ class RayConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     num_cpus: int | None = None            # local Ray only: CPUs it may use
     retries: int = 1
+    file_cache_dir: str | None = None      # replicas' cache of files fetched from the head by sha256
+    allow_pickle: bool = False             # fetched pickles accepted (the app's --allow-pickle)
 
 
 def lora_set_key(prompt: str) -> str:
@@ -124,18 +130,33 @@ def app_factory(argv: list[str] | None = None):
 
 # ---- the deployment --------------------------------------------------------------------------------
 
-def _deployment(config: RayConfig):
+def _fetching_library(library, file_server, cache_dir: str, allow_pickle: bool):
+    """The replica's library over its own folders, plus files fetched from the head by sha256."""
+    import ray
+
+    from lora_ui.scale.files import FetchingLibrary, HashCache
+
+    def fetch(sha256: str, offset: int, length: int) -> bytes:
+        return ray.get(file_server.read.remote(sha256, offset, length))
+
+    return FetchingLibrary(library, HashCache(cache_dir, allow_pickle=allow_pickle), fetch)
+
+
+def _deployment(config: RayConfig, file_server=None):
     from ray import serve
 
     @serve.deployment(name="RenderReplica", max_ongoing_requests=config.max_ongoing_requests)
     class RenderReplica:
-        def __init__(self, factory: str, kwargs: dict, batching: BatchingConfig):
+        def __init__(self, factory: str, kwargs: dict, batching: BatchingConfig, file_server=None,
+                     cache_dir: str | None = None, allow_pickle: bool = False):
             import os
 
             from lora_ui.engine.worker import Worker
             from lora_ui.lora.manager import LoraManager
 
             self.model, self.library = import_string(factory)(**kwargs)
+            if file_server is not None and cache_dir:
+                self.library = _fetching_library(self.library, file_server, cache_dir, allow_pickle)
             self.worker = Worker(self.model, library=self.library, batching=batching,
                                  lora_manager_factory=lambda pipe: LoraManager(pipe, keep_shadows_seconds=0))
             self.pid = os.getpid()
@@ -160,12 +181,14 @@ def _deployment(config: RayConfig):
             self.loaded_sets.append(key)
             return key
 
-        async def render(self, req: dict):
+        async def render(self, req: dict, files: dict | None = None):
             import asyncio
 
             from lora_ui.engine.txt2img import Txt2ImgRequest
 
             request = Txt2ImgRequest(**req)
+            if files and hasattr(self.library, "provide"):  # LoRAs not here with the head's hash: fetch them
+                await asyncio.to_thread(self.library.provide, files)
             key = serve.get_multiplexed_model_id()
             if key:
                 self._prompts[key] = request.prompt
@@ -175,7 +198,9 @@ def _deployment(config: RayConfig):
             return result
 
         async def info(self) -> dict:
-            return {"pid": self.pid, "loaded_sets": list(self.loaded_sets), "batches": list(self.worker.batches_run)}
+            cache = getattr(self.library, "cache", None)
+            return {"pid": self.pid, "loaded_sets": list(self.loaded_sets), "batches": list(self.worker.batches_run),
+                    "fetched": getattr(cache, "fetched", 0)}
 
         def __del__(self):
             worker = getattr(self, "worker", None)
@@ -189,13 +214,26 @@ def _deployment(config: RayConfig):
                                          "target_ongoing_requests": 2}
     else:
         options["num_replicas"] = config.replicas
-    return RenderReplica.options(**options).bind(config.model_factory, dict(config.factory_kwargs), config.batching)
+    return RenderReplica.options(**options).bind(config.model_factory, dict(config.factory_kwargs), config.batching,
+                                                 file_server, config.file_cache_dir, config.allow_pickle)
+
+
+def _start_file_server():
+    """The FileServer actor on this (the head's) node: replicas elsewhere fetch files from it by hash."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from lora_ui.scale.files import FileServer
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(FileServer).options(scheduling_strategy=here).remote()
 
 
 class RayWorker:
     """The worker interface (txt2img futures, sweeps, shutdown) over the Ray Serve deployment."""
 
-    def __init__(self, config: RayConfig = RayConfig()):
+    def __init__(self, config: RayConfig = RayConfig(), library=None):
+        """`library`: the head's LoraLibrary; with `config.file_cache_dir`, replicas fetch its files by hash."""
         ray = require_ray()
         from ray import serve
 
@@ -214,9 +252,15 @@ class RayWorker:
         self._lock = threading.Lock()
         self._stopped = False
         self.retried = 0
+        self.library = library
+        self._file_server = None
+        self._registered: set[str] = set()
+        self._register_lock = threading.Lock()
         try:
+            if library is not None and config.file_cache_dir:
+                self._file_server = _start_file_server()
             serve.start(http_options={"location": "NoServer"})
-            self.handle = serve.run(_deployment(config), name=APP_NAME, route_prefix=None)
+            self.handle = serve.run(_deployment(config, self._file_server), name=APP_NAME, route_prefix=None)
         except BaseException:
             self._stop_ray()
             raise
@@ -235,10 +279,11 @@ class RayWorker:
     def _render(self, req):
         payload = asdict(req)
         key = lora_set_key(req.prompt)
+        files = self._files_for(req.prompt)
         last: BaseException | None = None
         for attempt in range(1 + self.config.retries):
             try:
-                response = self.handle.options(multiplexed_model_id=key).render.remote(payload)
+                response = self.handle.options(multiplexed_model_id=key).render.remote(payload, files)
                 return response.result()
             except Exception as exc:  # noqa: BLE001 - a replica failure: retry once elsewhere
                 if not _is_replica_failure(exc) or attempt == self.config.retries:
@@ -247,6 +292,33 @@ class RayWorker:
                 self.retried += 1
                 last = exc
         raise RuntimeError("unreachable") from last
+
+    def _files_for(self, prompt: str) -> dict[str, dict]:
+        """name -> FileRef dict of the prompt's LoRAs in the head's library (registered with the file
+        server, so a replica without them can fetch them by hash). Unknown names: the replica warns."""
+        if self._file_server is None:
+            return {}
+        import ray
+
+        from lora_ui.prompt import extract_lora_tags
+        from lora_ui.scale.files import FileFetchError, file_ref
+
+        files: dict[str, dict] = {}
+        for tag in extract_lora_tags(prompt)[1]:
+            entry = self.library.resolve(tag.name)
+            if entry is None:
+                continue
+            try:
+                ref = file_ref(entry)
+            except (OSError, FileFetchError) as exc:
+                log.warning("LoRA %s is not offered to the replicas: %s", tag.name, exc)
+                continue
+            with self._register_lock:  # registered before any request that names it is sent
+                if ref.sha256 not in self._registered:
+                    ray.get(self._file_server.register.remote(ref.sha256, str(entry.path)))
+                    self._registered.add(ref.sha256)
+            files[tag.name] = ref.to_dict()
+        return files
 
     def sweep(self, cells) -> Iterator[tuple[int, Any]]:
         """Fan a sweep's / X/Y/Z plot's cells out over the replicas; yields (index, result) as each
@@ -286,6 +358,9 @@ class RayWorker:
             serve.shutdown()
         except Exception as exc:  # noqa: BLE001
             log.warning("serve.shutdown failed: %s", exc)
+        if getattr(self, "_file_server", None) is not None:
+            ray.kill(self._file_server)
+            self._file_server = None
         if self._owns_ray:
             ray.shutdown()
 
@@ -355,5 +430,7 @@ def ray_worker_for_settings(settings, local) -> HybridWorker:
     if settings.ray_replicas is None and gpus:
         replicas = max(1, torch.cuda.device_count())
     config = RayConfig(address=settings.ray_address, replicas=replicas, max_replicas=settings.ray_max_replicas,
-                       gpus_per_replica=gpus, factory_kwargs={"argv": replica_argv(settings)})
-    return HybridWorker(local, RayWorker(config))
+                       gpus_per_replica=gpus, factory_kwargs={"argv": replica_argv(settings)},
+                       file_cache_dir=str(Path(settings.data_dir) / "cache" / "ray-files"),
+                       allow_pickle=bool(settings.allow_pickle))
+    return HybridWorker(local, RayWorker(config, library=getattr(local, "library", None)))

@@ -42,6 +42,19 @@ def _default_request_factory(**fields: Any) -> Any:
     return Txt2ImgRequest(**fields)
 
 
+def with_session_owner(request: Any) -> Any:
+    """The request with `owner` = the Gradio session of the event being handled (the worker serves owners
+    round-robin and cancels a closed page's jobs by it); unchanged outside an event or without the field."""
+    from dataclasses import is_dataclass, replace
+
+    from lora_ui.ui.session_jobs import current_session_hash
+
+    session = current_session_hash()
+    if session and is_dataclass(request) and getattr(request, "owner", "") is None:
+        return replace(request, owner=session)
+    return request
+
+
 class WorkerHandlers:
     """What the render tabs' handlers share: the AppContext, how widget values become a request
     (`request_factory(**request_fields(...))`, default Txt2ImgRequest) and how often to poll progress."""
@@ -198,7 +211,7 @@ class Txt2ImgHandlers(WorkerHandlers):
                                     default_size=core.default_size(self.ctx))
             fields["add_lora_hashes"] = bool(getattr(self.ctx.settings, "add_lora_hashes_to_infotext", True))
             fields.update(self.extra_fields(*extra_values))
-            request = self.request_factory(**fields)
+            request = with_session_owner(self.request_factory(**fields))
         except (ValueError, TypeError) as exc:
             notify.warn(f"Not generated: {exc}")
             yield GenerationOutput("", keep, keep, keep, keep, keep, keep).values()

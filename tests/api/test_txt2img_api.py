@@ -241,3 +241,24 @@ def test_bad_sampling_fields_are_422_naming_the_field(client, body, field):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, **body})
     assert r.status_code == 422, r.text
     assert any(e["field"] == field for e in r.json()["errors"]), r.text
+
+
+def test_jobs_are_owned_by_the_authenticated_user_else_the_client_address(api_env, monkeypatch):
+    """The worker serves owners round-robin (issue #17): the API names each request's owner."""
+    import httpx
+
+    from tests.api.conftest import AUTH
+
+    owners = []
+    real = api_env.ctx.worker.submit
+
+    def spy(job, **kwargs):
+        owners.append(kwargs.get("owner"))
+        return real(job, **kwargs)
+
+    monkeypatch.setattr(api_env.ctx.worker, "submit", spy)
+    with api_env.client() as c:
+        render(c)
+    with httpx.Client(base_url=api_env.auth_url, auth=AUTH, timeout=600) as c:
+        render(c)
+    assert owners == ["api-client:127.0.0.1", "api-user:user"]

@@ -135,3 +135,19 @@ def test_degenerate_zero_mean_hidden_states_stay_finite():
     pipe = tiny_sd1_pipeline(0)  # untrained final layer norm: bias 0, hidden-state mean ~ 0
     cond = encode_prompts(pipe, "sd1", "a (cat:1.4)")
     assert torch.isfinite(cond.prompt_embeds).all()
+
+
+def test_comma_id_is_the_vocabularys_without_copying_it(tok):
+    from lora_ui.engine.conditioning import _comma_id
+
+    class NoComma:
+        unk_token_id = 3
+
+        def convert_tokens_to_ids(self, token):
+            return self.unk_token_id
+
+        def convert_ids_to_tokens(self, token_id):
+            return "<unk>"
+
+    assert _comma_id(tok) == tok.get_vocab()[",</w>"] == 267
+    assert _comma_id(NoComma()) is None

@@ -41,12 +41,26 @@ def local(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backend(local):
+def replica_folders(local, tmp_path_factory):
+    """The replicas' own LoRA folder (not the head's): `a` with the head's bytes, a different file named
+    `c` (the head's `d`), no `b` or `d`; and their cache folder for files fetched by hash."""
+    import shutil
+
+    head = local[0]
+    folder = tmp_path_factory.mktemp("replica-loras")
+    shutil.copy(head / "a.safetensors", folder / "a.safetensors")
+    shutil.copy(head / "d.safetensors", folder / "c.safetensors")
+    return folder, tmp_path_factory.mktemp("replica-cache")
+
+
+@pytest.fixture(scope="module")
+def backend(local, replica_folders):
     from lora_ui.scale.ray_backend import RayConfig, RayWorker
 
     worker = RayWorker(RayConfig(replicas=2, num_cpus=2, model_factory="lora_ui.scale.ray_backend:tiny_factory",
-                                 factory_kwargs={"lora_dir": str(local[0])},
-                                 batching=BatchingConfig(window_s=0.02, max_images=2)))
+                                 factory_kwargs={"lora_dir": str(replica_folders[0])},
+                                 batching=BatchingConfig(window_s=0.02, max_images=2),
+                                 file_cache_dir=str(replica_folders[1])), library=local[2])
     yield worker
     worker.shutdown()
 
@@ -71,6 +85,34 @@ def test_eight_concurrent_requests_with_eight_lora_sets_equal_solo_renders(backe
     assert len(pids) == 2, pids   # both replicas served
     for req, result in zip(reqs, results):
         assert np.array_equal(np.asarray(result.images[0]), _alone(local, req)), req.prompt
+
+
+def test_replicas_fetched_the_heads_files_by_hash_into_their_cache_only(backend, local, replica_folders):
+    """After the 8 requests above: b, c (the head's, not the replica's own c) and d came from the head by
+    hash, a was the replica's own (same hash); nothing else was written."""
+    folder, cache = replica_folders
+    head = local[2]
+    wanted = {head.resolve(n).sha256() for n in ("b", "c", "d")}
+    assert {p.name for p in cache.iterdir()} == {f"{sha}.safetensors" for sha in wanted}
+    assert sorted(p.name for p in folder.iterdir()) == ["a.safetensors", "c.safetensors"]
+    assert sum(info["fetched"] for info in backend.replica_info()) >= len(wanted)
+
+
+def test_a_file_changed_after_the_head_hashed_it_is_refused_by_the_replica(backend, local, replica_folders):
+    from tests.lora.files import make_lora, save
+
+    folder, model, library, _ = local
+    path = save(make_lora(model.pipe, rank=2, alpha=1.0, seed=11)[0], folder / "e.safetensors")
+    library.refresh()
+    sha = library.resolve("e").sha256()            # the head validated and hashed it ...
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1                                   # ... then one byte changed
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="sha256 mismatch"):
+        backend.txt2img(_req("a house <lora:e:1>", 7)).result(120)
+    assert not (replica_folders[1] / f"{sha}.safetensors").exists()
+    path.unlink()
+    library.refresh()
 
 
 def test_sweep_cells_stream_back_equal_to_local_and_survive_a_killed_replica(backend, local):

@@ -142,3 +142,69 @@ def test_interrupt_one_request_inside_a_batch(world):
         assert not worker.interrupt(target)  # no longer running
     finally:
         assert worker.shutdown()
+
+
+# ---------------------------------------------------------------- fairness across owners (issue #17)
+class _Job:
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+
+def test_fair_order_interleaves_owners_and_keeps_each_owners_order():
+    from lora_ui.engine.worker import fair_order
+
+    jobs = [_Job("A", f"a{i}") for i in range(4)] + [_Job("B", "b0"), _Job(None, "n0"), _Job("B", "b1")]
+    assert [j.name for j in fair_order(jobs, {})] == ["a0", "b0", "n0", "a1", "b1", "a2", "a3"]
+    # A was served last: B (served earlier) and the never-served None owner go first
+    assert [j.name for j in fair_order(jobs, {"A": 5, "B": 2})] == ["n0", "b0", "a0", "b1", "a1", "a2", "a3"]
+    assert [j.name for j in fair_order(jobs[:4], {"A": 1})] == ["a0", "a1", "a2", "a3"]  # one owner: FIFO
+
+
+def test_plain_jobs_are_taken_round_robin_across_owners(world):
+    model, library = world
+    worker = Worker(model, library=library)
+    try:
+        gate = _gate(worker)
+        futures = {f"A{i}": worker.submit(lambda s: None, owner="A") for i in range(5)}
+        futures.update({"B0": worker.submit(lambda s: None, owner="B"), "B1": worker.submit(lambda s: None, owner="B")})
+        futures["C0"] = worker.submit(lambda s: None, owner="C")
+        gate.set()
+        for f in futures.values():
+            f.result(30)
+        names = {f.job_id: n for n, f in futures.items()}
+        order = [names[j] for j in worker.completed if j in names]
+        assert order == ["A0", "B0", "C0", "A1", "B1", "A2", "A3", "A4"]
+    finally:
+        assert worker.shutdown()
+
+
+def test_one_users_long_queue_does_not_starve_anothers_request_in_a_batch(world):
+    """User A queues 6 requests, then user B queues 1 (owner on the request): B's is in the first batch."""
+    worker = _worker(world, window_s=0.0, max_images=2)
+    try:
+        gate = _gate(worker)
+        a = [worker.txt2img(_req(PROMPTS[k % 4], 10 + k, steps=2, owner="alice")) for k in range(6)]
+        b = worker.txt2img(_req(PROMPTS[1], 99, steps=2, owner="bob"))
+        gate.set()
+        for f in [*a, b]:
+            f.result(120)
+        ids = [f.job_id for f in a]
+        order = [j for j in worker.completed if j in {*ids, b.job_id}]
+        assert worker.batches_run == [2, 2, 2, 1]
+        assert order == [ids[0], b.job_id, ids[1], ids[2], ids[3], ids[4], ids[5]]
+        assert worker.owner_of(b.job_id) is None  # done: forgotten
+    finally:
+        assert worker.shutdown()
+
+
+def test_api_request_owner_is_the_user_with_auth_else_the_client_address():
+    import base64
+    from types import SimpleNamespace
+
+    from lora_ui.api.routes import request_owner
+
+    token = base64.b64encode(b"alice:secret").decode()
+    req = SimpleNamespace(headers={"authorization": f"Basic {token}"}, client=SimpleNamespace(host="10.0.0.7"))
+    assert request_owner(req, [("alice", "secret")]) == "api-user:alice"
+    assert request_owner(req, None) == "api-client:10.0.0.7"
+    assert request_owner(SimpleNamespace(headers={}, client=None), None) == "api-client:unknown"

@@ -142,3 +142,15 @@ def test_preview_png_bytes_decode():
     buf = io.BytesIO()
     Image.new("RGB", (4, 4), (9, 9, 9)).save(buf, format="PNG")
     assert t2i._png_bytes_to_image(buf.getvalue()).getpixel((0, 0)) == (9, 9, 9)
+
+
+def test_ui_requests_carry_their_gradio_session_as_owner(monkeypatch):
+    """The worker serves owners round-robin: a UI request names its page's session (issue #17)."""
+    from lora_ui.engine.txt2img import Txt2ImgRequest
+    from lora_ui.ui.txt2img_tab import with_session_owner
+
+    monkeypatch.setattr("lora_ui.ui.session_jobs.current_session_hash", lambda: "sess-1")
+    assert with_session_owner(Txt2ImgRequest(prompt="x")).owner == "sess-1"
+    assert with_session_owner(Txt2ImgRequest(owner="api-user:bob")).owner == "api-user:bob"
+    monkeypatch.setattr("lora_ui.ui.session_jobs.current_session_hash", lambda: None)
+    assert with_session_owner(Txt2ImgRequest()).owner is None
