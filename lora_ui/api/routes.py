@@ -298,26 +298,43 @@ class SdApi:
             return self.xyz(body, watch, base=(req, checkpoint))
         return self._render(body, req, checkpoint, "img2img", watch)
 
-    def _render(self, body: m.Txt2ImgBody, req: Any, checkpoint: str | None, kind: str,
-                watch: "JobWatch | None") -> dict[str, Any]:
-        restore = body.override_settings_restore_afterwards
+    def _model_of(self, result: Any) -> tuple[str | None, str | None]:
+        """(name, short hash) of the checkpoint that rendered `result`, from its own infotext (a Ray replica's
+        render included); the loaded model's when nothing was rendered."""
+        from lora_ui.infotext import parse_infotext
+
+        fields = parse_infotext(result.infotexts[0]) if result.infotexts else {}
+        if "Model" in fields:
+            return str(fields["Model"]), (str(fields["Model hash"]) if "Model hash" in fields else None)
+        model = self.ctx.models.current
+        return (model.name, model.short_hash) if model is not None else (None, None)
+
+    def _submit_render(self, req: Any, checkpoint: str | None, kind: str, restore: bool) -> Any:
+        """Queue one render; Future of its result. Without a checkpoint override it is the worker's own
+        `txt2img`/`img2img`, as from the UI: it joins mixed-LoRA batches and, with --ray, runs on a replica."""
+        if checkpoint is None:
+            return getattr(self.ctx.worker, kind)(req)
 
         def job(session):
             previous = session.model
-            if checkpoint is not None:
-                session.switch_model(checkpoint)
+            session.switch_model(checkpoint)
             try:
-                return getattr(session, kind)(req), session.model
+                return getattr(session, kind)(req)
             finally:
-                if checkpoint is not None and restore:
+                if restore:
                     session.switch_model(str(previous.path) if previous.path is not None else None)
 
-        started = time.time()
         owned = {"owner": req.owner} if getattr(req, "owner", None) else {}
-        future = self.ctx.worker.submit(job, kind=kind, job_count=req.batch_count, **owned)
+        return self.ctx.worker.submit(job, kind=kind, job_count=req.batch_count, **owned)
+
+    def _render(self, body: m.Txt2ImgBody, req: Any, checkpoint: str | None, kind: str,
+                watch: "JobWatch | None") -> dict[str, Any]:
+        started = time.time()
+        future = self._submit_render(req, checkpoint, kind, body.override_settings_restore_afterwards)
         if watch is not None:
             watch.add(future, self.ctx.worker)
-        result, model = _await_render(future)
+        result = _await_render(future)
+        model_name, model_hash = self._model_of(result)
         images = [_png_base64(image, text) for image, text in zip(result.images, result.infotexts)]
         n = len(result.images)
         width, height = result.images[0].size if result.images else (req.width, req.height)
@@ -340,8 +357,8 @@ class SdApi:
             "batch_size": req.batch_size,
             "n_iter": req.batch_count,
             "clip_skip": req.clip_skip,
-            "sd_model_name": model.name,
-            "sd_model_hash": model.short_hash,
+            "sd_model_name": model_name,
+            "sd_model_hash": model_hash,
             "index_of_first_image": 0,
             "infotexts": list(result.infotexts),
             "styles": list(body.styles or []),
@@ -922,8 +939,11 @@ def _watched(future: Any, worker: Any, watch: "JobWatch | None") -> Any:
 
 
 def _stop_job(future: Any, worker: Any) -> None:
-    if not future.cancel() and not future.done():
-        worker.interrupt(getattr(future, "job_id", None))
+    """Cancel a queued job, interrupt a running one. A render on a Ray replica (its future has no local
+    job id) is cancelled while queued and otherwise finishes there: no local job is interrupted for it."""
+    job_id = getattr(future, "job_id", None)
+    if not future.cancel() and not future.done() and job_id is not None:
+        worker.interrupt(job_id)
 
 
 async def run_render(request: Any, waiters: ThreadPoolExecutor, call: Callable[["JobWatch"], Any]) -> Any:

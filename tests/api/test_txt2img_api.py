@@ -262,3 +262,23 @@ def test_jobs_are_owned_by_the_authenticated_user_else_the_client_address(api_en
     with httpx.Client(base_url=api_env.auth_url, auth=AUTH, timeout=600) as c:
         render(c)
     assert owners == ["api-client:127.0.0.1", "api-user:user"]
+
+
+def test_renders_go_through_the_workers_own_txt2img_and_img2img(api_env, client, monkeypatch):
+    """Without a checkpoint override the API queues `worker.txt2img/img2img(req)`, as the UI does: that is
+    what joins mixed-LoRA batches and what --ray's HybridWorker routes to a replica (issue #17). The model
+    fields of `info` are the rendering model's, read from the image's own infotext."""
+    worker = api_env.ctx.worker
+    calls = []
+    for kind in ("txt2img", "img2img"):
+        real = getattr(worker, kind)
+        monkeypatch.setattr(worker, kind, lambda req, _real=real, _kind=kind: calls.append(_kind) or _real(req))
+    data = render(client, prompt="a red circle on blue <lora:alpha:0.5>")
+    info = info_of(data)
+    model = api_env.ctx.models.current
+    assert calls == ["txt2img"]
+    assert (info["sd_model_name"], info["sd_model_hash"]) == (model.name, model.short_hash)
+    r = client.post("/sdapi/v1/img2img", json={"prompt": "x", "steps": 2, "seed": 3, "save_images": False,
+                                                "init_images": [data["images"][0]], "denoising_strength": 0.5})
+    assert r.status_code == 200, r.text
+    assert calls == ["txt2img", "img2img"]
