@@ -486,21 +486,57 @@ def run_xyz(session: Any, plan: XyzPlan, on_progress: Callable[[int, int, str], 
     """Render the plan inside one worker job (`session` is a WorkerSession) and draw the grid.
 
     on_progress(done, total, what) before each render and once at the end ("done" / "interrupted");
-    describe(position, cell) names a cell for it; check(position, cell, result) may raise to fail the plot."""
-    from lora_ui.compare import make_grid, placeholder_cell
-
-    previous = getattr(session, "model", None)
-    done: dict[tuple, Any] = {}
-    warnings: list[str] = []
-    interrupted = False
+    describe(position, cell) names a cell for it; check(position, cell, result) may raise to fail the plot.
+    When the worker fans out (`session.fan_out`, --ray: Ray replicas) and every cell is a txt2img on the
+    loaded checkpoint, the cells render concurrently there and come back as they finish."""
     # grouped by checkpoint and VAE (few switches), then in grid order
     ordered = sorted(plan.cells.items(), key=lambda kv: (str(kv[1].checkpoint or ""), str(kv[1].req.vae or ""),
                                                          kv[0][2], kv[0][1], kv[0][0]))
+    run = _Run(plan, on_progress, describe, check)
+    fan_out = getattr(session, "fan_out", None)
+    if fan_out is not None and all(c.checkpoint is None and not hasattr(c.req, "init_images") for _, c in ordered):
+        _render_fanned(session, fan_out, ordered, run)
+    else:
+        _render_in_order(session, ordered, run)
+    return _assemble(plan, run)
+
+
+@dataclass
+class _Run:
+    """What rendering a plan collected: cell key -> (RGB image, infotext), warnings, whether it stopped early."""
+    plan: XyzPlan
+    on_progress: Callable[[int, int, str], None] | None
+    describe: Callable[[tuple[int, int, int], Cell], str] | None
+    check: Callable[[tuple[int, int, int], Cell, Any], None] | None
+    done: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    interrupted: bool = False
+
+    def progress(self, position: tuple[int, int, int], cell: Cell) -> None:
+        if self.on_progress is not None:
+            what = (self.describe(position, cell) if self.describe is not None
+                    else f"cell {len(self.done) + 1} of {self.plan.renders}")
+            self.on_progress(len(self.done), self.plan.renders, what)
+
+    def take(self, session: Any, position: tuple[int, int, int], cell: Cell, result: Any) -> bool:
+        """Keep one cell's result; False (and `interrupted`) when the render was cut short."""
+        if getattr(result, "interrupted", False) or getattr(session, "interrupted", False) or not result.images:
+            self.interrupted = True
+            return False
+        if self.check is not None:
+            self.check(position, cell, result)
+        self.warnings += list(getattr(result, "warnings", []) or [])
+        self.done[_key(cell)] = (result.images[0].convert("RGB"), result.infotexts[0] if result.infotexts else "")
+        return True
+
+
+def _render_in_order(session: Any, ordered: list, run: _Run) -> None:
+    """One cell after the other on this worker, switching checkpoints where a cell names one."""
+    previous = getattr(session, "model", None)
     current_ckpt: str | None = None
     try:
         for (x, y, z), cell in ordered:
-            key = _key(cell)
-            if key in done:
+            if _key(cell) in run.done:
                 continue
             if cell.checkpoint is not None and cell.checkpoint != current_ckpt:
                 session.switch_model(cell.checkpoint)
@@ -508,23 +544,42 @@ def run_xyz(session: Any, plan: XyzPlan, on_progress: Callable[[int, int, str], 
             elif cell.checkpoint is None and current_ckpt is not None:
                 session.switch_model(str(previous.path) if previous.path is not None else None)
                 current_ckpt = None
-            if on_progress is not None:
-                what = describe((x, y, z), cell) if describe is not None else f"cell {len(done) + 1} of {plan.renders}"
-                on_progress(len(done), plan.renders, what)
-            result = render_request(session, cell.req)
-            if getattr(result, "interrupted", False) or getattr(session, "interrupted", False) or not result.images:
-                interrupted = True
+            run.progress((x, y, z), cell)
+            if not run.take(session, (x, y, z), cell, render_request(session, cell.req)):
                 break
-            if check is not None:
-                check((x, y, z), cell, result)
-            warnings += list(getattr(result, "warnings", []) or [])
-            done[key] = (result.images[0].convert("RGB"), result.infotexts[0] if result.infotexts else "")
     finally:
         if current_ckpt is not None and previous is not None and session.model is not previous:
             try:
                 session.switch_model(str(previous.path) if previous.path is not None else None)
             except Exception as exc:  # noqa: BLE001 - the plot's images are still good
-                warnings.append(f"could not switch back to {previous.name}: {exc}")
+                run.warnings.append(f"could not switch back to {previous.name}: {exc}")
+
+
+def _render_fanned(session: Any, fan_out: Callable, ordered: list, run: _Run) -> None:
+    """Every distinct cell at once through `fan_out(requests)` -> iterator of (index, result) in the order
+    they finish; an interrupt stops taking results and closing the iterator cancels the rest."""
+    unique: dict[tuple, tuple[tuple[int, int, int], Cell]] = {}
+    for position, cell in ordered:
+        unique.setdefault(_key(cell), (position, cell))
+    items = list(unique.values())
+    results = fan_out([cell.req for _, cell in items])
+    try:
+        for index, result in results:
+            position, cell = items[index]
+            run.progress(position, cell)
+            if not run.take(session, position, cell, result):
+                break
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+def _assemble(plan: XyzPlan, run: _Run) -> XyzResult:
+    """The grid (and per-Z grids) from the rendered cells; cells not rendered are placeholders in `missing`."""
+    from lora_ui.compare import make_grid, placeholder_cell
+
+    done, warnings, interrupted, on_progress = run.done, run.warnings, run.interrupted, run.on_progress
     if on_progress is not None:
         on_progress(len(done), plan.renders, "interrupted" if interrupted else "done")
     if not done:

@@ -142,6 +142,12 @@ class WorkerSession:
     _non_finite_step: int | None = None
 
     @property
+    def fan_out(self) -> "Callable[[list], Any] | None":
+        """`requests -> iterator of (index, result)` rendering txt2img requests concurrently elsewhere (the
+        Ray replicas under --ray; `Worker.fan_out`), or None: grids then render on this worker."""
+        return self._worker.fan_out
+
+    @property
     def interrupted(self) -> bool:
         """True once `Worker.interrupt()` was called for this job."""
         return self._worker._is_interrupted(self.job_id)
@@ -319,6 +325,8 @@ class Worker:
         one, and on failure raises and keeps the old one loaded.
     lora_manager_factory: `pipe -> LoraManager` (default `LoraManager(pipe)`), built per loaded model.
     generate: the render function (default `lora_ui.engine.txt2img.generate`).
+    fan_out: `requests -> iterator of (index, result)` for the cells of sweeps and X/Y/Z plots
+        (`RayWorker.sweep` under --ray), else None: they render one by one on this worker.
     """
 
     def __init__(
@@ -334,7 +342,9 @@ class Worker:
         batching: BatchingConfig | None = None,
         vae_manager: Any = None,
         upscalers: Any = None,
+        fan_out: "Callable[[list], Any] | None" = None,
     ) -> None:
+        self.fan_out = fan_out
         self._model_provider = model if callable(model) else None
         self._model: LoadedModel | None = None if callable(model) else model
         self._switch_model = switch_model

@@ -384,8 +384,9 @@ def _is_replica_failure(exc: BaseException) -> bool:
 # ---- the app's wiring (webui.py --ray) -------------------------------------------------------------
 
 class HybridWorker:
-    """What AppContext holds with --ray: `txt2img` (UI, REST API, sweeps via `sweep`) renders on the Ray
-    deployment; every other job (compare, switch_model, progress...) stays on the local Worker."""
+    """What AppContext holds with --ray: `txt2img` (UI, REST API) renders on the Ray deployment; sweeps and
+    X/Y/Z plots run as local jobs whose cells fan out there (`Worker.fan_out`); every other job (compare,
+    switch_model, progress...) stays on the local Worker."""
 
     def __init__(self, local, remote: RayWorker):
         self.local, self.remote = local, remote
@@ -433,4 +434,6 @@ def ray_worker_for_settings(settings, local) -> HybridWorker:
                        gpus_per_replica=gpus, factory_kwargs={"argv": replica_argv(settings)},
                        file_cache_dir=str(Path(settings.data_dir) / "cache" / "ray-files"),
                        allow_pickle=bool(settings.allow_pickle))
-    return HybridWorker(local, RayWorker(config, library=getattr(local, "library", None)))
+    remote = RayWorker(config, library=getattr(local, "library", None))
+    local.fan_out = remote.sweep  # sweeps and X/Y/Z plots (jobs on the local worker) render their cells on the replicas
+    return HybridWorker(local, remote)

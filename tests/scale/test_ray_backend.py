@@ -136,3 +136,38 @@ def test_sweep_cells_stream_back_equal_to_local_and_survive_a_killed_replica(bac
     for index, cell in enumerate(cells):
         assert np.array_equal(np.asarray(got[index].images[0]), _alone(local, cell)), index
     assert backend.retried >= 1  # the killed replica had cells in flight: each retried once elsewhere
+
+
+def test_the_apps_sweep_fans_its_cells_out_to_the_replicas_and_equals_the_local_sweep(backend, local):
+    """--ray wiring (`Worker.fan_out = RayWorker.sweep`): a LoRA x weight sweep, a job on the local worker,
+    renders its cells on the replicas; its grid equals the same sweep rendered on the local worker alone."""
+    from lora_ui import compare
+    from lora_ui.engine.worker import Worker
+
+    pipe = tiny_sd1_pipeline(0)  # the replicas' model (tiny_factory), apart from the module's patched one
+    model = LoadedModel(pipe=pipe, arch="sd1", name="tiny", path=None, default_size=32, dtype=torch.float32,
+                        device=torch.device("cpu"), scheduler_config=dict(pipe.scheduler.config))
+    calls = []
+
+    def fan_out(requests):
+        calls.append([r.prompt for r in requests])
+        return backend.sweep(requests)
+
+    def lowmem(p):
+        return LoraManager(p, mode="lowmem", keep_shadows_seconds=0)
+
+    request = compare.SweepRequest(base=_req("a boat", 901), weights=(0.0, 0.5, 1.0), loras=("a", "b"))
+    fanned = Worker(model, library=local[2], lora_manager_factory=lowmem, fan_out=fan_out, name="lora-ui-worker-fan")
+    try:
+        remote = compare.sweep(fanned, request)
+    finally:
+        fanned.shutdown()
+    plain = Worker(model, library=local[2], lora_manager_factory=lowmem, name="lora-ui-worker-plain")
+    try:
+        alone = compare.sweep(plain, request)
+    finally:
+        plain.shutdown()
+    assert len(calls) == 1 and len(calls[0]) == 5  # one baseline + 2 LoRAs x 2 non-zero weights, at once
+    assert any(w.startswith("rendered on replica") for w in remote.warnings)
+    assert not any(w.startswith("rendered on replica") for w in alone.warnings)
+    assert np.array_equal(np.asarray(remote.grid), np.asarray(alone.grid))
