@@ -163,14 +163,21 @@ class FileServer:
 
     def __init__(self) -> None:
         self._files: dict[str, Path] = {}
+        self._downloads: dict[str, int] = {}   # sha256 -> downloads started (reads at offset 0)
 
     def register(self, sha256: str, path: str) -> None:
         self._files[check_sha(sha256)] = Path(path)
+
+    def downloads(self) -> dict[str, int]:
+        """sha256 -> how many times a replica started downloading it (each replica fetches a file once)."""
+        return dict(self._downloads)
 
     def read(self, sha256: str, offset: int, length: int) -> bytes:
         path = self._files.get(sha256)
         if path is None:
             raise FileFetchError(f"the head has no file with sha256 {sha256}")
+        if int(offset) == 0:
+            self._downloads[sha256] = self._downloads.get(sha256, 0) + 1
         with open_regular(path) as handle:
             handle.seek(max(0, int(offset)))
             return handle.read(max(0, min(int(length), CHUNK_BYTES)))

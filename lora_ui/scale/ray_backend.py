@@ -332,6 +332,12 @@ class RayWorker:
                 future.cancel()
             concurrent.futures.wait(list(futures))
 
+    def head_downloads(self) -> dict[str, int]:
+        """sha256 -> downloads of it the head's file server started (empty without one)."""
+        import ray
+
+        return ray.get(self._file_server.downloads.remote()) if self._file_server is not None else {}
+
     def replica_info(self) -> list[dict]:
         """Each live replica's pid, loaded LoRA sets and batch sizes (one call per replica, best effort)."""
         seen: dict[int, dict] = {}
