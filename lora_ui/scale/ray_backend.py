@@ -339,7 +339,12 @@ class RayWorker:
         return ray.get(self._file_server.downloads.remote()) if self._file_server is not None else {}
 
     def replica_info(self) -> list[dict]:
-        """Each live replica's pid, loaded LoRA sets and batch sizes (one call per replica, best effort)."""
+        """Each live replica's pid, loaded LoRA sets and batch sizes (sampled through the router: best effort).
+        Asked from this backend's own thread: a Serve handle refuses blocking calls on a thread whose asyncio
+        loop is running (a UI or test thread may have one)."""
+        return self._pool.submit(self._replica_info).result()
+
+    def _replica_info(self) -> list[dict]:
         seen: dict[int, dict] = {}
         for _ in range(8 * max(1, self.config.replicas)):
             info = self.handle.info.remote().result()

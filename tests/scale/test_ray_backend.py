@@ -217,3 +217,15 @@ def test_eight_concurrent_rest_api_requests_render_on_the_replicas_equal_to_solo
     for req, answer in zip(reqs, answers):
         assert any(w.startswith("rendered on replica") for w in info_of(answer)["warnings"]), req.prompt
         assert np.array_equal(pixels(answer["images"][0]), _alone(local, req)), req.prompt
+
+
+def test_replica_info_answers_from_a_thread_with_a_running_event_loop(backend):
+    """Playwright's sync API (the browser tests, earlier in the same session) leaves an asyncio loop running
+    on the main thread; Serve handles refuse blocking calls there, so the backend asks from its own thread."""
+    import asyncio
+
+    async def ask():
+        return backend.replica_info()
+
+    infos = asyncio.run(ask())
+    assert infos and all({"pid", "loaded_sets", "batches", "fetched"} <= set(i) for i in infos)
