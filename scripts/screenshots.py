@@ -56,6 +56,9 @@ def take(url: str, out: Path, steps: int) -> None:
 
         # txt2img: a LoRA from its card, slider moved, one image rendered
         page.locator("#txt2img_prompt textarea").fill("a big yellow circle on a blue background")
+        # the LoRA cards live in the Extra networks accordion, closed by default (A1111)
+        page.locator("#lora_browser").get_by_text("Extra networks (LoRA, Textual Inversion)").click()
+        expect(page.locator("#lora_cards")).to_be_visible()
         cards = page.locator("#lora_cards .lora-card:not(.misfit)")
         if cards.count():
             cards.first.click()
