@@ -123,18 +123,23 @@ def build_ui(ctx: Any) -> gr.Blocks:
         if compare is not None:
             multiselect = bool(getattr(compare.lora, "multiselect", False))
 
-            def send_compare(prompt: str, negative: str, seed: Any, last_seeds: list[int]):
+            # the same picture on the "with" side: sampler, schedule, steps, CFG and size go along too
+            shared = ("sampler", "schedule", "steps", "cfg", "width", "height")
+            outputs = [compare.prompt, compare.negative_prompt, compare.seed, compare.lora,
+                       getattr(compare, "weight", None) or gr.State(), *(getattr(compare, k) for k in shared), tabs]
+
+            def send_compare(prompt: str, negative: str, seed: Any, last_seeds: list[int], *sampling: Any):
                 try:
                     values = compare_values(prompt, negative, seed, last_seeds, ctx, multiselect)
                 except ValueError as exc:
                     notify.warn(f"Not sent to compare: {exc}")
-                    return [gr.update()] * 6
-                return list(values) + [gr.Tabs(selected="compare")]
+                    return [gr.update()] * len(outputs)
+                return [*values, *sampling, gr.Tabs(selected="compare")]
 
             t2i.send_to_compare.click(
-                send_compare, inputs=[t2i.prompt, t2i.negative, t2i.seed, t2i.last_seeds],
-                outputs=[compare.prompt, compare.negative_prompt, compare.seed, compare.lora,
-                         getattr(compare, "weight", None) or gr.State(), tabs])
+                send_compare, inputs=[t2i.prompt, t2i.negative, t2i.seed, t2i.last_seeds,
+                                      *(getattr(t2i, k) for k in shared)],
+                outputs=outputs)
         else:
             t2i.send_to_compare.click(lambda: notify.warn("The compare tab is not available in this build."))
         # a (re)loaded page shows the checkpoint and VAE loaded now, not the ones of the app's start

@@ -4,6 +4,7 @@ shows a plain warning and the page keeps working."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -109,3 +110,26 @@ def test_inspector_charts_where_the_picked_lora_acts(page, app_server):
         rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
         close = (np.abs(chart.astype(int) - rgb).max(axis=2) <= 12).sum()
         assert close > 50, f"no bar drawn in {colour}"
+
+
+def test_send_to_compare_puts_the_txt2img_picture_on_the_with_side(page, app_server):
+    """txt2img with a LoRA -> "Send to compare" -> Generate comparison: the "with" side is the txt2img image,
+    pixel for pixel (prompt, seed, LoRA weight, sampler, schedule, steps, CFG and size all went along)."""
+    page.locator("#txt2img_prompt textarea").fill("a lighthouse at dusk <lora:inkwash:0.6>")
+    set_number(page, "txt2img_steps", 3)
+    set_number(page, "txt2img_cfg_scale", 5.5)
+    page.locator("#txt2img_seed input").fill(str(SEED))
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile(f"Seed: {SEED}"), timeout=300_000)
+    txt2img = fetch_image(page, page.locator("#txt2img_gallery img").first).convert("RGB")
+    sampler = page.locator("#txt2img_sampler input").input_value()
+
+    page.locator("#txt2img_send_to_compare").click()
+    expect(page.get_by_role("tab", name="Compare")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#compare_prompt textarea")).to_have_value("a lighthouse at dusk")
+    expect(page.locator("#compare_sampler input")).to_have_value(sampler)
+    expect(page.locator("#compare_steps input[type=number]")).to_have_value("3")
+    page.locator("#compare_generate").click()
+    expect(page.locator("#compare_numbers")).to_contain_text(f"Seed: {SEED}", timeout=300_000)
+    with_lora = fetch_image(page, page.locator("#compare_with img").first).convert("RGB")
+    assert np.array_equal(np.asarray(with_lora), np.asarray(txt2img))
