@@ -223,9 +223,13 @@ def test_replica_info_answers_from_a_thread_with_a_running_event_loop(backend):
     """Playwright's sync API (the browser tests, earlier in the same session) leaves an asyncio loop running
     on the main thread; Serve handles refuse blocking calls there, so the backend asks from its own thread."""
     import asyncio
+    import concurrent.futures
 
     async def ask():
+        asyncio.get_running_loop()  # raises if not inside a running loop: the case this test is about
         return backend.replica_info()
 
-    infos = asyncio.run(ask())
+    # a thread of its own: the main thread may or may not have a loop running, depending on earlier tests
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lora-test-loop") as pool:
+        infos = pool.submit(asyncio.run, ask()).result(120)
     assert infos and all({"pid", "loaded_sets", "batches", "fetched"} <= set(i) for i in infos)
