@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from lora_ui.engine.checkpoints import sha256_of
 from lora_ui.files import open_regular
+from lora_ui.lora.loader import PICKLE_SUFFIXES  # what the LoRA loader treats as pickles
 
 CHUNK_BYTES = 16 * 1024 * 1024
 SAFE_SUFFIXES = frozenset({".safetensors"})
-PICKLE_SUFFIXES = frozenset({".pt", ".ckpt", ".bin", ".pth"})
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 Fetch = Callable[[str, int, int], bytes]   # (sha256, offset, length) -> bytes
@@ -98,7 +99,7 @@ class HashCache:
         self._verified: set[str] = set()
 
     def path_for(self, ref: FileRef) -> Path:
-        suffix = ref.suffix if ref.suffix in SAFE_SUFFIXES | PICKLE_SUFFIXES else ".bin"
+        suffix = ref.suffix if ref.suffix in (*SAFE_SUFFIXES, *PICKLE_SUFFIXES) else ".bin"
         return self.folder / f"{check_sha(ref.sha256)}{suffix}"
 
     def ensure(self, ref: FileRef, fetch: Fetch) -> Path:
@@ -147,14 +148,6 @@ def _write_chunks(part: Path, ref: FileRef, fetch: Fetch) -> str:
             written += len(chunk)
     if written != ref.size:
         raise FileFetchError(f"fetched file refused: {written} bytes, expected {ref.size}")
-    return digest.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(path) as handle:
-        while block := handle.read(CHUNK_BYTES):
-            digest.update(block)
     return digest.hexdigest()
 
 
