@@ -18,6 +18,7 @@ from playwright.sync_api import expect
 from safetensors.torch import load_file, save_file
 
 from tests.browser.conftest import ARTIFACTS
+from tests.browser.helpers import box_in_viewport, open_page
 
 PROMPT = "#txt2img_prompt textarea"
 INFOTEXT = "#txt2img_infotext textarea"
@@ -52,16 +53,6 @@ def basics_app(tmp_path_factory):
     ctx.worker.shutdown()
 
 
-def open_page(browser, app, width: int, height: int):
-    expect.set_options(timeout=60_000)
-    context = browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(app.url)
-    page.wait_for_selector(PROMPT)
-    return context, page
-
-
 def pick(page, elem_id: str, option: str | re.Pattern) -> None:
     """Open a gradio dropdown and click one of its options."""
     page.locator(f"#{elem_id} input").click()
@@ -75,14 +66,6 @@ def set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Tab")
-
-
-def box_in_viewport(page, selector: str, width: int, height: int) -> dict:
-    box = page.locator(selector).first.bounding_box()
-    assert box is not None, f"{selector} is not rendered"
-    inside = box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
-    assert inside, f"{selector} at {box} is not inside the {width}x{height} viewport"
-    return box
 
 
 def generate(page, width: int, height: int) -> str:
@@ -124,7 +107,7 @@ def test_checkpoint_vae_embedding_style_xyz_and_output_in_view(browser, basics_a
     from lora_ui.ui import core_access as core
 
     models = basics_app.ctx.models
-    context, page = open_page(browser, basics_app, width, height)
+    context, page = open_page(browser, basics_app.url, width, height)
     try:
         loaded = core.current_model(basics_app.ctx)
         # a (re)loaded page shows what is loaded now, not what was loaded at the app's start

@@ -6,6 +6,8 @@ import time
 
 from playwright.sync_api import expect
 
+from tests.browser.helpers import open_page
+
 STEPS = 150        # the UI's limit (lora_ui.limits MAX_STEPS)
 BATCH_COUNT = 20   # 3000 denoising steps in all: minutes on the CPU
 
@@ -23,12 +25,8 @@ def _poll(what, predicate, timeout: float):
 def test_closing_the_page_interrupts_its_running_render(browser, app_server):
     worker = app_server.ctx.worker
     _poll("an idle worker before the test", lambda: not worker.busy, 120)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context, page = open_page(browser, app_server.url, 1400, 1000)
     try:
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(app_server.url)
-        page.wait_for_selector("#txt2img_prompt textarea")
         page.locator("#txt2img_prompt textarea").fill("a long render")
         for elem_id, value in (("txt2img_steps", STEPS), ("txt2img_batch_count", BATCH_COUNT)):
             box = page.locator(f"#{elem_id} input[type=number]")
